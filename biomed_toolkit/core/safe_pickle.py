@@ -1,0 +1,150 @@
+"""Read Lightning ``.ckpt`` files without ever running arbitrary pickle code.
+
+Checkpoints of the official BMFM-RNA and MAMMAL code pickle their config classes. We read them
+with torch's restricted (``weights_only``) unpickler and an allowlist that maps each known class
+path to a :class:`PlainConfig` data holder: the original class is never imported, and any other
+global (``os.system``, ``subprocess.Popen``, ...) is refused before it can run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError
+
+# Class paths pickled by the official implementations (BMFM-RNA: bmfm_targets; MAMMAL: mammal/fuse).
+_KNOWN_CLASSES: list[str] = [
+    "bmfm_targets.config.model_config.SCBertConfig",
+    "bmfm_targets.config.model_config.SCNystromformerConfig",
+    "bmfm_targets.config.model_config.SCPerformerConfig",
+    "bmfm_targets.config.model_config.SCModernBertConfig",
+    "bmfm_targets.config.model_config.SCLlamaConfig",
+    "bmfm_targets.config.tokenization_config.FieldInfo",
+    "bmfm_targets.config.tokenization_config.LabelColumnInfo",
+    "bmfm_targets.config.training_config.TrainerConfig",
+    "mammal.model.MammalConfig",
+    "transformers.models.t5.configuration_t5.T5Config",
+]
+
+# Renames that the official classes apply to state written by older versions.
+_LEGACY_RENAMES: dict[str, dict[str, str]] = {
+    "FieldInfo": {
+        "masked_output_modes": "decode_modes",
+        "continuous_value_encoder_kwargs": "encoder_kwargs",
+    },
+    "LabelColumnInfo": {"output_size": "n_unique_values"},
+}
+
+
+class PlainConfig:
+    """Attribute bag standing in for a pickled config class; holds data only.
+
+    ``cls_path`` names the class the checkpoint asked for.
+    """
+
+    cls_path: str = "PlainConfig"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__.update(kwargs)
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple) and len(state) == 2:  # (dict state, slot state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        if not isinstance(state, dict):
+            raise CheckpointError(f"unexpected pickled state for {self.cls_path}: {type(state).__name__}")
+        short = self.cls_path.rsplit(".", 1)[-1]
+        for old, new in _LEGACY_RENAMES.get(short, {}).items():
+            if old in state and new not in state:
+                state[new] = state.pop(old)
+        self.__dict__.update(state)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.__dict__.get(key, default)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (nested PlainConfigs converted too)."""
+        return {k: _plain(v) for k, v in self.__dict__.items()}
+
+    def __repr__(self) -> str:
+        keys = ", ".join(list(self.__dict__)[:8])
+        more = ", ..." if len(self.__dict__) > 8 else ""
+        return f"PlainConfig[{self.cls_path}]({keys}{more})"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, PlainConfig):
+        return value.to_dict()
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_plain(v) for v in value)
+    return value
+
+
+_holders: dict[str, type[PlainConfig]] = {}
+
+
+def register_allowed(class_path: str) -> type[PlainConfig]:
+    """Allow one more pickled class path (``"package.module.ClassName"``) as a data holder."""
+    if class_path not in _holders:
+        name = class_path.rsplit(".", 1)[-1]
+        _holders[class_path] = type(name, (PlainConfig,), {"cls_path": class_path})
+    return _holders[class_path]
+
+
+for _path in _KNOWN_CLASSES:
+    register_allowed(_path)
+
+
+def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict[str, Any]:
+    """Load a Lightning/torch checkpoint through the restricted unpickler.
+
+    Parameters
+    ----------
+    path
+        A ``.ckpt``/``.pt`` file written by ``torch.save``.
+    map_location
+        Where tensors go.
+
+    Returns
+    -------
+    The checkpoint dict. Known config classes come back as :class:`PlainConfig` objects;
+    tensors are real tensors.
+
+    Raises
+    ------
+    CheckpointError
+        When the file asks for any class or function outside the allowlist (nothing is run),
+        or is not a readable checkpoint.
+
+    Examples
+    --------
+    >>> ckpt = load_checkpoint("last.ckpt")  # doctest: +SKIP
+    >>> ckpt["hyper_parameters"]["model_config"].hidden_size  # doctest: +SKIP
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    allowed = [(cls, class_path) for class_path, cls in _holders.items()]
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
+        detail = lines[0] if lines else str(exc).splitlines()[-1]
+        raise CheckpointError(
+            f"refused to load {path}: it asks for code outside the allowlist of known config "
+            f"classes, so it was not run ({detail}). If this is a "
+            "trusted checkpoint with another config class, allow that class path with "
+            "biomed_toolkit.core.safe_pickle.register_allowed('package.module.Class')."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint"
+        raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
