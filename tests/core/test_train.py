@@ -96,3 +96,16 @@ def test_freeze_and_lora():
     assert trainable and all("lora_" in n for n in trainable)
     before = lora(torch.ones(1, 4)).detach()
     assert before.shape == (1, 2)
+
+
+def test_strategy_choice_is_notebook_safe(monkeypatch):
+    from biomed_toolkit.core import train
+
+    monkeypatch.setattr(train, "in_notebook", lambda: False)
+    assert train.choose_strategy("auto", 1, 1, "cpu") == "auto"
+    assert train.choose_strategy("auto", 2, 1, "cpu") == "ddp"
+    assert train.choose_strategy("auto", 1, 2, "cpu") == "ddp"  # multi-node
+    monkeypatch.setattr(train, "in_notebook", lambda: True)
+    assert train.choose_strategy("auto", 2, 1, "cpu") == "ddp_notebook"
+    assert train.choose_strategy("ddp_spawn", 2, 1, "cuda") == "ddp_notebook"
+    assert train.steps_per_epoch(256, 16, world_size=2) == 8
