@@ -22,3 +22,4 @@ exclude_patterns = ["_build", "helper_brief.md", "architecture.md"]
 html_theme = "alabaster"
 suppress_warnings = ["ref.python", "docutils"]
 nitpicky = False
+napoleon_use_ivar = True
