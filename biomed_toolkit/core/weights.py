@@ -40,6 +40,9 @@ def save_safetensors(
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
     os.replace(tmp, path)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # save_file creates 0600 files; weights are meant to be shared
     return path
 
 
