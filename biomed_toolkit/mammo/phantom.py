@@ -1,0 +1,541 @@
+"""A dual-view synthetic breast: one compressed 3D model projected into CC and MLO.
+
+Geometry (all in mm). The uncompressed breast is a half ellipsoid: ``x`` runs from the chest
+wall (0) to the nipple (``depth``), ``y`` is medio-lateral, ``z`` cranio-caudal. A view with
+angle ``theta`` (0 for CC, 30-60 degrees for MLO) compresses along ``n = (0, sin, cos)`` and
+spreads the breast in the image plane spanned by ``x`` (columns, chest wall at column 0) and
+``v = (0, cos, -sin)`` (rows). Glandular tissue is a smoothed 3D random field whose ray sums give
+the parenchymal pattern; masses are 3D ellipsoids (projected analytically) and calcification
+clusters are groups of tiny spheres, all at known 3D positions, so every lesion has an exact
+position in both views. A per-view elastic jitter (sd ``jitter_mm``) and a per-view compression
+make the two views geometrically consistent only approximately, as in real exams.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage as ndi
+from scipy.special import expit
+
+from biomed_toolkit.core.errors import InputError
+from biomed_toolkit.mammo.io import MG_PRESENTATION, Case, MammoImage
+
+__all__ = ["phantom", "write_dicom", "DENSITY_LEVELS"]
+
+#: BI-RADS-like density letters -> glandular volume fraction.
+DENSITY_LEVELS = {"a": 0.08, "b": 0.2, "c": 0.38, "d": 0.6}
+
+_FOV_ROWS_MM = 260.0  # physical height of the detector field
+
+
+def _density_fraction(density) -> float:
+    if isinstance(density, str):
+        key = density.lower().strip()
+        if key not in DENSITY_LEVELS:
+            raise InputError(f"density must be one of {sorted(DENSITY_LEVELS)} or a fraction in (0, 1)")
+        return DENSITY_LEVELS[key]
+    d = float(density)
+    if not 0.0 < d < 1.0:
+        raise InputError(f"density must be a glandular fraction in (0, 1), got {density}")
+    return d
+
+
+class _View:
+    """The linear map from 3D breast coordinates (mm) to one view's image (pixels)."""
+
+    def __init__(self, theta_deg, compression, spacing, row_offset_mm, rng):
+        th = np.deg2rad(theta_deg)
+        self.theta = float(theta_deg)
+        self.n = np.array([0.0, np.sin(th), np.cos(th)])
+        self.v = np.array([0.0, np.cos(th), -np.sin(th)])
+        self.ex = np.array([1.0, 0.0, 0.0])
+        self.c = float(compression)
+        self.sx = self.c**-0.3  # in-plane spreading under compression
+        self.sv = self.c**-0.4
+        self.sp = float(spacing)
+        self.row0 = float(row_offset_mm)
+        # Smooth per-view displacement field (elastic tissue shift), as random sinusoids.
+        self.k = rng.normal(0, 1 / 60.0, size=(3, 3))
+        self.phase = rng.uniform(0, 2 * np.pi, size=3)
+
+    def basis(self):
+        return np.stack([self.ex, self.v, self.n], axis=1)  # columns x, v, n
+
+    def to_pixels(self, p, jitter_mm=0.0):
+        p = np.atleast_2d(p)
+        x = p @ self.ex
+        v = p @ self.v
+        if jitter_mm:
+            d = jitter_mm * np.sin(p @ self.k.T * 2 * np.pi + self.phase)
+            x = x + d[:, 0]
+            v = v + d[:, 1]
+        col = self.sx * x / self.sp
+        row = (self.sv * v + self.row0) / self.sp
+        return row, col
+
+
+def _gland_field(rng, depth, ry, rz, density):
+    """3D glandular fraction on a coarse grid over [0, depth] x [-ry, ry] x [-rz, rz]."""
+    shape = (40, 56, 56)
+    g = ndi.gaussian_filter(rng.standard_normal(shape), sigma=(2.0, 2.5, 2.5), mode="reflect")
+    g += 0.5 * ndi.gaussian_filter(rng.standard_normal(shape), sigma=1.0, mode="reflect")
+    g = (g - g.mean()) / (g.std() + 1e-9)
+    xs = np.linspace(0, 1, shape[0])[:, None, None]
+    ys = np.linspace(-1, 1, shape[1])[None, :, None]
+    zs = np.linspace(-1, 1, shape[2])[None, None, :]
+    r2 = xs**2 + ys**2 + zs**2
+    inside = r2 <= 1.0
+    # Glands sit behind the nipple and thin out towards the skin and the chest wall.
+    bias = -1.4 * r2 - 0.6 * (xs < 0.15) * (0.15 - xs) / 0.15
+    field = g + bias
+    thr = np.quantile(field[inside], 1.0 - density)
+    frac = 1.0 / (1.0 + np.exp(-(field - thr) / 0.25))
+    frac[~inside] = 0.0
+    return frac.astype(np.float32), shape
+
+
+def _ray_gland_fraction(frac, shape, view, depth, ry, rz, rows, cols, n_steps=40):
+    """Mean glandular fraction along each ray of a coarse (rows, cols) grid of one view."""
+    # Pixel -> uncompressed in-plane coordinates.
+    x = (cols * view.sp) / view.sx
+    v = (rows * view.sp - view.row0) / view.sv
+    X, V = np.meshgrid(x, v)
+    rmax = max(ry, rz)
+    t = np.linspace(-rmax, rmax, n_steps)
+    P = (
+        X[..., None, None] * view.ex
+        + V[..., None, None] * view.v
+        + t[None, None, :, None] * view.n
+    )  # (h, w, n_steps, 3)
+    px, py, pz = P[..., 0], P[..., 1], P[..., 2]
+    inside = ((px / depth) ** 2 + (py / ry) ** 2 + (pz / rz) ** 2 <= 1.0) & (px >= 0)
+    ix = px / depth * (shape[0] - 1)
+    iy = (py / ry + 1) / 2 * (shape[1] - 1)
+    iz = (pz / rz + 1) / 2 * (shape[2] - 1)
+    vals = ndi.map_coordinates(frac, [ix.ravel(), iy.ravel(), iz.ravel()], order=1, mode="nearest")
+    vals = vals.reshape(inside.shape) * inside
+    n_in = inside.sum(-1)
+    return np.where(n_in > 0, vals.sum(-1) / np.maximum(n_in, 1), 0.0)
+
+
+def _smooth_noise(rng, shape, sigma):
+    n = ndi.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma=sigma)
+    return n / (n.std() + 1e-9)
+
+
+def _render_view(rng, view, shape, geo, frac, fshape, lesions3d, *, noise, contrast, is_mlo,
+                 jitter_mm):
+    H, W = shape
+    sp = view.sp
+    depth, ry, rz = geo["depth"], geo["ry"], geo["rz"]
+    rows = np.arange(H, dtype=np.float32)
+    cols = np.arange(W, dtype=np.float32)
+    # Shadow of the ellipsoid along n: normalised radius rho (1 at the skin).
+    rv = np.sqrt((ry * view.v[1]) ** 2 + (rz * view.v[2]) ** 2)
+    x = cols * sp / view.sx
+    v = (rows * sp - view.row0) / view.sv
+    rho2 = (x[None, :] / depth) ** 2 + (v[:, None] / rv) ** 2
+    # Nipple: a small bump at the tip.
+    nip_x, nip_row = depth * view.sx / sp, view.row0 / sp
+    nip_r = 5.0 / sp
+    dn2 = ((cols[None, :] - nip_x) ** 2 + (rows[:, None] - nip_row) ** 2) / nip_r**2
+    # Compressed thickness: flat under the paddle, rolling off near the skin.
+    t0 = geo["thickness"]
+    rho2c = np.clip(rho2, 0, 1)
+    thick = np.where(rho2 < 1, t0 * np.sqrt(np.clip(1 - rho2c**2, 0, 1)), 0.0)
+    thick = np.maximum(thick, np.where(dn2 < 1, 0.25 * t0 * np.sqrt(np.clip(1 - dn2, 0, 1)), 0))
+    mask = thick > 0
+    # Glandular fraction: coarse ray sums, upsampled, plus fine texture.
+    step = max(1, int(round(4.0 / sp)))
+    cr, cc = rows[::step], cols[::step]
+    g_coarse = _ray_gland_fraction(frac, fshape, view, depth, ry, rz, cr, cc)
+    g = ndi.zoom(g_coarse, (H / g_coarse.shape[0], W / g_coarse.shape[1]), order=1)[:H, :W]
+    g = np.pad(g, ((0, H - g.shape[0]), (0, W - g.shape[1])), mode="edge")
+    fine = _smooth_noise(rng, shape, sigma=max(0.6, 0.8 / sp))
+    mid = _smooth_noise(rng, shape, sigma=max(1.0, 2.5 / sp))
+    g = np.clip(g * (1 + 0.35 * mid + 0.15 * fine), 0, 1)
+    mu_fat, mu_gland = 0.45, 1.0
+    att = thick * (mu_fat + (mu_gland - mu_fat) * g)
+    # Skin line: a brighter band just inside the boundary.
+    m = mask.astype(np.float32)
+    band = np.clip(m - ndi.gaussian_filter(m, sigma=max(1.0, 1.2 / sp)), 0, None)
+    att += 2.2 * t0 * band * 0.5
+    # Pectoral muscle (MLO only): a bright triangle in the upper chest-wall corner.
+    if is_mlo:
+        a, b = geo["pect_w"] / sp, geo["pect_h"] / sp
+        edge = cols[None, :] / a + rows[:, None] / b
+        soft = expit(-(edge - 1.0) * min(a, b) / max(1.0, 1.5 / sp))
+        pect = soft * (0.9 + 0.1 * mid)
+        att = att * (1 - pect) + pect * 0.95 * t0 * (1 + 0.06 * fine)
+        mask = mask | (soft > 0.5)
+    # Lesions.
+    records = []
+    B = view.basis()
+    M = np.diag([view.sx, view.sv, view.c]) @ B.T  # 3D (mm) -> (x', v', t') (mm)
+    Minv = np.linalg.inv(M)
+    for les in lesions3d:
+        r_px, c_px = view.to_pixels(les["center"], jitter_mm=jitter_mm)
+        r_px, c_px = float(r_px[0]), float(c_px[0])
+        if les["kind"] == "mass":
+            A2 = Minv.T @ les["A"] @ Minv
+            a33 = A2[2, 2]
+            S = A2[:2, :2] - np.outer(A2[:2, 2], A2[2, :2]) / a33  # in (x', v') mm
+            ext = 1.0 / np.sqrt(np.linalg.eigvalsh(S).min())  # max in-plane semi-axis, mm
+            rad = int(np.ceil(1.6 * ext / sp)) + 2
+            r0, r1 = max(0, int(r_px) - rad), min(H, int(r_px) + rad + 1)
+            c0, c1 = max(0, int(c_px) - rad), min(W, int(c_px) + rad + 1)
+            if r0 >= r1 or c0 >= c1:
+                records.append((r_px, c_px, ext / sp))
+                continue
+            dy = (np.arange(r0, r1)[:, None] - r_px) * sp
+            dx = (np.arange(c0, c1)[None, :] - c_px) * sp
+            q = S[0, 0] * dx**2 + 2 * S[0, 1] * dx * dy + S[1, 1] * dy**2
+            phi = np.arctan2(dy, dx)
+            wob = 1.0 + sum(
+                amp * np.cos(k * phi + ph) for k, amp, ph in les["harmonics"]
+            )
+            q = q * wob
+            chord = 2.0 * np.sqrt(np.clip(1.0 - q, 0, None) / a33)
+            # Soft margin (ill-defined masses blur more).
+            chord = ndi.gaussian_filter(chord, sigma=les["blur_mm"] / sp)
+            att[r0:r1, c0:c1] += contrast * les["dmu"] * chord
+            records.append((r_px, c_px, ext / sp))
+        else:  # calcification cluster
+            rr, cc_ = view.to_pixels(les["calcs"], jitter_mm=0.0)
+            # Move the whole cluster with the lesion's jitter.
+            r_c, c_c = view.to_pixels(les["center"], jitter_mm=0.0)
+            rr = rr + (r_px - r_c[0])
+            cc_ = cc_ + (c_px - c_c[0])
+            sig = max(0.7, 0.25 / sp)
+            rad = int(np.ceil(3 * sig)) + 1
+            for y, xq, amp in zip(rr, cc_, les["amps"]):
+                y0, y1 = max(0, int(y) - rad), min(H, int(y) + rad + 1)
+                x0, x1 = max(0, int(xq) - rad), min(W, int(xq) + rad + 1)
+                if y0 >= y1 or x0 >= x1:
+                    continue
+                yy = np.arange(y0, y1)[:, None] - y
+                xx = np.arange(x0, x1)[None, :] - xq
+                att[y0:y1, x0:x1] += contrast * amp * t0 * np.exp(-(xx**2 + yy**2) / (2 * sig**2))
+            spread = np.sqrt(np.mean((rr - rr.mean()) ** 2 + (cc_ - cc_.mean()) ** 2))
+            records.append((float(np.mean(rr)), float(np.mean(cc_)), max(2.0 * spread, 3.0 / sp)))
+    img = att / (1.15 * t0)
+    img = np.clip(img, 0, None) ** 0.8
+    img = img * 0.92 + 0.03 * mask
+    img = img + noise * rng.standard_normal(shape).astype(np.float32)
+    img = np.clip(img, 0.0, 1.0).astype(np.float32)
+    return img, records, (nip_row, nip_x + 0.8 * nip_r), mask
+
+
+def phantom(
+    seed: int = 0,
+    *,
+    n_lesions: int = 3,
+    density: float | str = 0.3,
+    noise: float = 0.02,
+    shape: tuple[int, int] = (512, 416),
+    mlo_angle: float | None = None,
+    laterality: str | None = None,
+    calcification_fraction: float = 0.3,
+    mass_radius_mm: tuple[float, float] = (4.0, 11.0),
+    contrast: float = 1.0,
+    jitter_mm: float = 3.0,
+) -> Case:
+    """Generate one breast in CC and MLO with lesions at known 3D positions.
+
+    Parameters
+    ----------
+    seed
+        Random seed (the whole case is a deterministic function of the arguments).
+    n_lesions
+        Number of lesions (masses and calcification clusters).
+    density
+        Glandular volume fraction in (0, 1), or a BI-RADS letter ``"a"``-``"d"``.
+    noise
+        Standard deviation of the additive quantum-like noise (image range is [0, 1]).
+    shape
+        (rows, columns) of each view; the field of view is 260 mm high, so the pixel spacing
+        is ``260 / rows`` mm.
+    mlo_angle
+        MLO compression angle in degrees (30-60); random in that range when None.
+    laterality
+        ``"L"`` or ``"R"``; random when None.
+    calcification_fraction
+        Probability that a lesion is a calcification cluster rather than a mass.
+    mass_radius_mm
+        Range of mass radii.
+    contrast
+        Scale of lesion attenuation over tissue (lower is harder).
+    jitter_mm
+        Per-view elastic displacement of lesions (limits geometric consistency).
+
+    Returns
+    -------
+    Case
+        ``case.cc``, ``case.mlo`` (chest wall on the left), ``case.nipple`` and
+        ``case.lesions``: one row per lesion with ``lesion_id, kind, x_mm, y_mm, z_mm,
+        radius_mm, cc_row, cc_col, cc_radius_px, mlo_row, mlo_col, mlo_radius_px, in_cc,
+        in_mlo`` (the ground-truth correspondences).
+
+    Examples
+    --------
+    >>> case = bt.mammo.phantom(0, n_lesions=2, density="c")
+    >>> case.lesions[["kind", "cc_row", "mlo_row"]].shape
+    (2, 3)
+    """
+    if len(shape) != 2 or min(shape) < 64:
+        raise InputError(f"shape must be (rows, cols) with both >= 64, got {shape}")
+    if n_lesions < 0:
+        raise InputError("n_lesions must be >= 0")
+    if mlo_angle is not None and not 30.0 <= float(mlo_angle) <= 60.0:
+        raise InputError(f"mlo_angle must be between 30 and 60 degrees, got {mlo_angle}")
+    dens = _density_fraction(density)
+    rng = np.random.default_rng(seed)
+    H, W = int(shape[0]), int(shape[1])
+    sp = _FOV_ROWS_MM / H
+    if laterality is None:
+        laterality = "L" if rng.random() < 0.5 else "R"
+    laterality = laterality.upper()
+    if laterality not in ("L", "R"):
+        raise InputError(f"laterality must be 'L' or 'R', got {laterality!r}")
+    theta = float(mlo_angle) if mlo_angle is not None else float(rng.uniform(30, 60))
+    max_depth = 0.8 * W * sp / 1.25
+    geo = {
+        "depth": float(min(rng.uniform(95, 130), max_depth)),
+        "ry": float(rng.uniform(72, 88)),
+        "rz": float(rng.uniform(66, 82)),
+        "thickness": float(rng.uniform(42, 62)),
+        "pect_w": float(rng.uniform(30, 50)),
+        "pect_h": float(rng.uniform(100, 150)),
+    }
+    views = {
+        "cc": _View(0.0, rng.uniform(0.5, 0.65), sp, _FOV_ROWS_MM / 2, rng),
+        "mlo": _View(theta, rng.uniform(0.5, 0.65), sp, _FOV_ROWS_MM * 0.56, rng),
+    }
+    frac, fshape = _gland_field(rng, geo["depth"], geo["ry"], geo["rz"], dens)
+    # Lesion placement: inside the breast, away from skin and chest wall, out of the pectoral.
+    lesions3d = []
+    tries = 0
+    while len(lesions3d) < n_lesions and tries < 2000:
+        tries += 1
+        u = rng.uniform(-1, 1, 3)
+        u[0] = abs(u[0])
+        if np.sum(u**2) > 0.62 or u[0] < 0.15:
+            continue
+        p = np.array([u[0] * geo["depth"], u[1] * geo["ry"], u[2] * geo["rz"]])
+        r_m, c_m = views["mlo"].to_pixels(p)
+        if c_m[0] / (geo["pect_w"] / sp) + r_m[0] / (geo["pect_h"] / sp) < 1.25:
+            continue
+        if any(np.linalg.norm(p - q["center"]) < 25 for q in lesions3d):
+            continue
+        kind = "calcification" if rng.random() < calcification_fraction else "mass"
+        les = {"center": p, "kind": kind}
+        if kind == "mass":
+            r = rng.uniform(*mass_radius_mm)
+            axes = r * rng.uniform(0.75, 1.25, 3)
+            Q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+            les["A"] = Q @ np.diag(1 / axes**2) @ Q.T
+            les["radius_mm"] = float(r)
+            les["harmonics"] = [
+                (k, rng.uniform(0, 0.12), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
+            ]
+            les["blur_mm"] = float(rng.uniform(0.4, 1.5))
+            les["dmu"] = float(rng.uniform(1.0, 1.6))
+        else:
+            nc = int(rng.integers(6, 16))
+            spread = rng.uniform(1.5, 3.5)
+            les["calcs"] = p + rng.normal(0, spread, size=(nc, 3))
+            les["amps"] = rng.uniform(0.12, 0.3, nc)
+            les["radius_mm"] = float(2 * spread)
+        lesions3d.append(les)
+    images, recs, nipples, masks = {}, {}, {}, {}
+    for name, view in views.items():
+        img, rec, nip, mask = _render_view(
+            rng, view, (H, W), geo, frac, fshape, lesions3d, noise=noise, contrast=contrast,
+            is_mlo=name == "mlo", jitter_mm=jitter_mm,
+        )
+        images[name], recs[name], nipples[name], masks[name] = img, rec, nip, mask
+    rows = []
+    for i, les in enumerate(lesions3d):
+        row = {
+            "lesion_id": i,
+            "kind": les["kind"],
+            "x_mm": les["center"][0],
+            "y_mm": les["center"][1],
+            "z_mm": les["center"][2],
+            "radius_mm": les["radius_mm"],
+        }
+        for name in ("cc", "mlo"):
+            rr, cc_, rad = recs[name][i]
+            row[f"{name}_row"], row[f"{name}_col"], row[f"{name}_radius_px"] = rr, cc_, rad
+            inside = 0 <= rr < H and 0 <= cc_ < W and bool(masks[name][int(rr), int(cc_)])
+            row[f"in_{name}"] = inside
+        rows.append(row)
+    cols = ["lesion_id", "kind", "x_mm", "y_mm", "z_mm", "radius_mm", "cc_row", "cc_col",
+            "cc_radius_px", "mlo_row", "mlo_col", "mlo_radius_px", "in_cc", "in_mlo"]
+    lesions = pd.DataFrame(rows, columns=cols)
+    meta = {
+        "seed": seed, "density": dens, "noise": noise, "mlo_angle": theta,
+        "contrast": contrast, "jitter_mm": jitter_mm, **geo,
+        "compression": {k: v.c for k, v in views.items()},
+    }
+    mk = {}
+    for name, vname in (("cc", "CC"), ("mlo", "MLO")):
+        mk[name] = MammoImage(
+            pixels=images[name], laterality=laterality, view=vname, pixel_spacing=(sp, sp),
+            orientation_source="phantom", spacing_source="phantom", laterality_source="phantom",
+            view_source="phantom", voi="none", modality="MG",
+            sop_class="Digital Mammography X-Ray Image Storage - For Presentation",
+            meta={"phantom_seed": seed},
+        )
+    return Case(
+        cc=mk["cc"], mlo=mk["mlo"], lesions=lesions,
+        nipple={k: (float(v[0]), float(v[1])) for k, v in nipples.items()},
+        case_id=f"phantom-{seed}", meta=meta,
+    )
+
+
+_COMPRESS = {
+    None: None,
+    "rle": "1.2.840.10008.1.2.5",
+    "jpeg2000": "1.2.840.10008.1.2.4.90",  # lossless
+    "jpeg2000-lossy": "1.2.840.10008.1.2.4.91",
+    "deflate": "1.2.840.10008.1.2.1.99",
+}
+
+
+def write_dicom(
+    case: Case,
+    folder: str | os.PathLike,
+    *,
+    photometric: str = "MONOCHROME2",
+    compress: str | None = None,
+    bits_stored: int = 12,
+    patient_id: str | None = None,
+) -> list[Path]:
+    """Write a case as two Digital Mammography (For Presentation) DICOM files.
+
+    The stored images follow the usual acquisition orientation (a right breast has its chest
+    wall on the right, ``PatientOrientation`` ``P\\L`` / ``P\\FL``), so reading them back exercises
+    the orientation normalisation of :func:`read`.
+
+    Parameters
+    ----------
+    case
+        A :class:`Case` (e.g. from :func:`phantom`).
+    folder
+        Output folder (created).
+    photometric
+        ``"MONOCHROME2"`` or ``"MONOCHROME1"`` (inverted storage, PresentationLUTShape INVERSE).
+    compress
+        None, ``"rle"``, ``"jpeg2000"`` (lossless), ``"jpeg2000-lossy"`` or ``"deflate"``.
+    bits_stored
+        Stored bits (10-16) in 16-bit storage.
+    patient_id
+        PatientID tag; defaults to the case id.
+
+    Returns
+    -------
+    list of Path
+        ``[cc_path, mlo_path]``.
+
+    Examples
+    --------
+    >>> paths = bt.mammo.write_dicom(bt.mammo.phantom(0), "out", compress="rle")  # doctest: +SKIP
+    >>> case = bt.mammo.read_case(*paths)                                            # doctest: +SKIP
+    """
+    import datetime
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    photometric = photometric.upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise InputError(f"photometric must be 'MONOCHROME1' or 'MONOCHROME2', got {photometric!r}")
+    if compress not in _COMPRESS:
+        raise InputError(f"compress must be one of {list(_COMPRESS)}, got {compress!r}")
+    if not 8 <= bits_stored <= 16:
+        raise InputError(f"bits_stored must be between 8 and 16, got {bits_stored}")
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = generate_uid(), generate_uid()
+    now = datetime.datetime(2026, 1, 1, 12, 0, 0)
+    paths = []
+    lat = case.laterality or "L"
+    for i, img in enumerate((case.cc, case.mlo)):
+        view = img.view or ("CC" if i == 0 else "MLO")
+        maxv = 2**bits_stored - 1
+        px = np.clip(img.pixels, 0, 1)
+        if lat == "R":
+            px = px[:, ::-1]  # acquisition orientation: right breast faces left
+        stored = np.round(px * maxv).astype(np.uint16)
+        if photometric == "MONOCHROME1":
+            stored = (maxv - stored).astype(np.uint16)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MG_PRESENTATION
+        sop_uid = generate_uid()
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = MG_PRESENTATION
+        ds.SOPInstanceUID = sop_uid
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.Modality = "MG"
+        ds.PresentationIntentType = "FOR PRESENTATION"
+        ds.PatientID = patient_id or case.case_id
+        ds.PatientName = "Phantom^Breast"
+        ds.StudyDate = ds.ContentDate = now.strftime("%Y%m%d")
+        ds.StudyTime = ds.ContentTime = now.strftime("%H%M%S")
+        ds.Manufacturer = "biomed_toolkit phantom"
+        ds.BodyPartExamined = "BREAST"
+        ds.ImageType = ["DERIVED", "PRIMARY"]
+        ds.InstanceNumber = i + 1
+        ds.ImageLaterality = lat
+        ds.ViewPosition = view
+        code = Dataset()
+        if view == "CC":
+            code.CodeValue, code.CodeMeaning = "399162004", "cranio-caudal"
+        else:
+            code.CodeValue, code.CodeMeaning = "399368009", "medio-lateral oblique"
+        code.CodingSchemeDesignator = "SCT"
+        ds.ViewCodeSequence = Sequence([code])
+        if view == "CC":
+            ds.PatientOrientation = ["A", "R"] if lat == "L" else ["P", "L"]
+        else:
+            ds.PatientOrientation = ["A", "FR"] if lat == "L" else ["P", "FL"]
+        sp = img.pixel_spacing or (0.1, 0.1)
+        ds.PixelSpacing = [f"{sp[0]:.6f}", f"{sp[1]:.6f}"]
+        ds.ImagerPixelSpacing = [f"{sp[0]:.6f}", f"{sp[1]:.6f}"]
+        ds.EstimatedRadiographicMagnificationFactor = "1.0"
+        ds.PhotometricInterpretation = photometric
+        ds.PresentationLUTShape = "INVERSE" if photometric == "MONOCHROME1" else "IDENTITY"
+        ds.SamplesPerPixel = 1
+        ds.Rows, ds.Columns = stored.shape
+        ds.BitsAllocated = 16
+        ds.BitsStored = bits_stored
+        ds.HighBit = bits_stored - 1
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "US"
+        ds.WindowCenter = f"{2 ** (bits_stored - 1)}"
+        ds.WindowWidth = f"{2**bits_stored}"
+        ds.VOILUTFunction = "LINEAR"
+        ds.BurnedInAnnotation = "NO"
+        ds.PixelData = stored.tobytes()
+        uid = _COMPRESS[compress]
+        if compress == "deflate":
+            ds.file_meta.TransferSyntaxUID = uid
+        elif uid is not None:
+            kw = {}
+            if compress == "jpeg2000-lossy":
+                kw = {"j2k_psnr": [80]}
+            ds.compress(uid, stored, **kw)
+        path = out / f"{ds.PatientID}_{lat}{view}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths
