@@ -1,0 +1,60 @@
+"""MAMMAL: multi-domain biomedical T5 (prompts, tokenizer, model, tasks, fine-tuning, demo model).
+
+Everything is imported lazily so that ``import biomed_toolkit.mammal`` stays light.
+
+Examples
+--------
+>>> import biomed_toolkit as bt
+>>> model = bt.mammal.load()  # doctest: +SKIP
+>>> bt.mammal.predict(model, "dti", {"protein": ["MKT..."], "smiles": ["CCO"]})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Public name -> submodule that defines it (add plotting/widgets names here).
+_LAZY: dict[str, str] = {
+    "load": "modeling",
+    "MammalModel": "modeling",
+    "EncoderOutput": "modeling",
+    "DecoderOutput": "modeling",
+    "GenerationResult": "modeling",
+    "MammalConfig": "configuration",
+    "Tokenizer": "tokenizer",
+    "Batch": "tokenizer",
+    "predict": "tasks",
+    "virtual_screen": "tasks",
+    "TASKS": "tasks",
+    "Task": "tasks",
+    "finetune": "training",
+    "ScalarRegressionModule": "training",
+    "GenerationClassificationModule": "training",
+    "kiba": "datasets",
+    "esol": "datasets",
+    "molecules": "plotting",
+    "molecule_3d": "plotting",
+    "protein": "plotting",
+    "affinity_scatter": "plotting",
+    "score_distribution": "plotting",
+    "DrugTargetExplorer": "widgets",
+}
+_SUBMODULES = {"prompts", "tokenizer", "configuration", "modeling", "tasks", "training", "datasets", "plotting", "widgets"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
+
+
+__all__ = sorted(_LAZY) + ["prompts"]

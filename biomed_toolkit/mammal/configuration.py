@@ -1,0 +1,146 @@
+"""``MammalConfig``: the official ``config.json`` layout (nested ``t5_config``) as a dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from biomed_toolkit.core.errors import CheckpointError
+from biomed_toolkit.core.log import get_logger
+
+log = get_logger(__name__)
+
+# The published MAMMAL base (T5 v1.1-base sized); used when a field is missing.
+DEFAULT_T5: dict[str, Any] = {
+    "vocab_size": 100001,
+    "d_model": 768,
+    "d_ff": 2048,
+    "d_kv": 64,
+    "num_layers": 12,
+    "num_decoder_layers": 12,
+    "num_heads": 12,
+    "relative_attention_num_buckets": 32,
+    "relative_attention_max_distance": 128,
+    "dropout_rate": 0.1,
+    "layer_norm_epsilon": 1e-6,
+    "feed_forward_proj": "gated-gelu",
+    "decoder_start_token_id": 16,
+    "eos_token_id": 5,
+    "pad_token_id": 1,
+    "tie_word_embeddings": False,
+    "is_encoder_decoder": True,
+}
+
+
+@dataclass
+class MammalConfig:
+    """Configuration of a :class:`~biomed_toolkit.mammal.modeling.MammalModel`.
+
+    Reads and writes the official ``config.json`` (keys it does not know are ignored).
+
+    Attributes
+    ----------
+    t5_config
+        Keyword arguments of ``transformers.T5Config``.
+    encoder_head_layers, encoder_head_dropout
+        Hidden sizes and dropout of the per-position encoder head MLP.
+    scalars_prediction_head
+        ``{"layers": [...], "dropout": float, "num_classes": 1}``.
+    support_input_scalars
+        Whether ``project_input_scalars`` (Linear 1 -> d_model) exists.
+    normalization
+        Ours: per-task de-normalisation stats, e.g. ``{"dti": {"mean": 5.79, "std": 1.34}}``.
+    extra
+        Ours: free-form provenance (training record pointer, demo vocabulary, ...).
+
+    Examples
+    --------
+    >>> cfg = MammalConfig.from_dict({"t5_config": {"d_model": 64}, "unknown_key": 1})
+    >>> cfg.d_model
+    64
+    """
+
+    t5_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_T5))
+    encoder_head_layers: list[int] = field(default_factory=lambda: [2048, 1024])
+    encoder_head_dropout: float = 0.2
+    scalars_prediction_head: dict[str, Any] | None = field(
+        default_factory=lambda: {"dropout": 0.0, "layers": [], "num_classes": 1}
+    )
+    support_input_scalars: bool = True
+    use_lora: bool = False
+    random_weights: bool = False
+    auxiliary_encoder_heads: Any = None
+    normalization: dict[str, dict[str, float]] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.t5_config.get("d_model", DEFAULT_T5["d_model"]))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.t5_config.get("vocab_size", DEFAULT_T5["vocab_size"]))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MammalConfig:
+        """Build from a dict, ignoring (and logging) keys it does not know."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"a MAMMAL config must be a dict, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in data if k not in names)
+        if unknown:
+            log.debug(f"MammalConfig: ignoring unknown keys {unknown}")
+        kwargs = {k: v for k, v in data.items() if k in names}
+        t5 = dict(DEFAULT_T5)
+        t5.update(dict(kwargs.get("t5_config") or {}))
+        kwargs["t5_config"] = t5
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The official layout plus our ``normalization``/``extra`` keys."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> MammalConfig:
+        """Read ``config.json``."""
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except json.JSONDecodeError as exc:
+            raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
+
+    def to_json_file(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` (sorted keys, like the official writer)."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    def to_t5_config(self) -> Any:
+        """A ``transformers.T5Config`` with the lm_head untied and no decoder-output rescale.
+
+        transformers 5 forces ``tie_word_embeddings=True`` in ``T5Config`` and derives
+        ``scale_decoder_outputs`` from the key it pops, so both are set back explicitly here.
+        """
+        from transformers import T5Config
+
+        known = set(DEFAULT_T5) | {
+            "d_kv",
+            "initializer_factor",
+            "dense_act_fn",
+            "is_gated_act",
+            "classifier_dropout",
+            "use_cache",
+        }
+        kw = {k: v for k, v in self.t5_config.items() if k in known and k not in ("dense_act_fn", "is_gated_act")}
+        tie = bool(self.t5_config.get("tie_word_embeddings", False))
+        kw["tie_word_embeddings"] = tie
+        cfg = T5Config(**kw)
+        cfg.tie_word_embeddings = tie
+        cfg.scale_decoder_outputs = bool(self.t5_config.get("scale_decoder_outputs", tie))
+        return cfg
+
+
+__all__ = ["DEFAULT_T5", "MammalConfig"]
