@@ -1,0 +1,191 @@
+"""Configuration of BMFM-RNA models (v1 SCBert-like and v2 LLaMA-like), JSON round-trippable."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from biomed_toolkit.core.errors import CheckpointError
+
+__all__ = ["BmfmRnaConfig", "LabelColumn"]
+
+_MODEL_TYPE = "biomed_toolkit.bmfm_rna"
+_VARIANTS = ("v1", "v2")
+_ENCODERS = ("mlp_with_special_token_embedding", "scale_adapt")
+_MLM_MODES = ("token_scores", "regression", "is_zero")
+
+
+@dataclass
+class LabelColumn:
+    """A label head on the pooler output.
+
+    ``gradient_reversal_coefficient`` set -> the head sits behind a gradient-reversal layer
+    (adversarial, e.g. donor/batch removal).
+    """
+
+    name: str
+    n_classes: int
+    gradient_reversal_coefficient: float | None = None
+    classifier_depth: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BmfmRnaConfig:
+    """Architecture and heads of a BMFM-RNA model.
+
+    ``variant="v1"``: post-LN BERT (biases, GELU, LayerNorm). ``variant="v2"``: pre-RMSNorm
+    LLaMA-like blocks (no biases, SwiGLU, first block without first norm, no final norm).
+
+    ``decode_modes`` mirrors the official per-field setting, e.g.
+    ``{"expressions": {"wced": {"vocab_field": "genes", "logit_outputs": ["mse", "is_zero_bce"]}}}``
+    for WCED, or ``{"genes": {"token_scores": {}}, "expressions": {"regression": {},
+    "is_zero": {}}}`` for MLM. Decoder names are ``<field>_<mode>`` as in official checkpoints.
+
+    Examples
+    --------
+    >>> cfg = BmfmRnaConfig.v1(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+    ...                        num_attention_heads=2, intermediate_size=64)
+    >>> BmfmRnaConfig.from_dict(cfg.to_dict()) == cfg
+    True
+    """
+
+    variant: str = "v1"
+    vocab_size: int = 19_288
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    layer_norm_eps: float = 1e-12
+    rms_norm_eps: float = 1e-5
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    classifier_dropout: float = 0.1
+    pad_token_id: int = 2
+    num_special_tokens: int = 5
+    expression_encoder: str = "mlp_with_special_token_embedding"
+    expression_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    expression_hidden_size: int = 128
+    n_cls_tokens: int = 1
+    decode_modes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    label_columns: list[LabelColumn] = field(default_factory=list)
+    add_pooling_layer: bool = True
+    pooling: str = "first_token"
+    limit_genes: str | None = "protein_coding"
+    gene_field: str = "genes"
+    expression_field: str = "expressions"
+
+    def __post_init__(self) -> None:
+        if self.variant not in _VARIANTS:
+            raise CheckpointError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
+        if self.expression_encoder not in _ENCODERS:
+            raise CheckpointError(
+                f"expression_encoder {self.expression_encoder!r} not supported ({_ENCODERS})"
+            )
+        if self.hidden_size % self.num_attention_heads:
+            raise CheckpointError("hidden_size must be a multiple of num_attention_heads")
+        self.label_columns = [
+            c if isinstance(c, LabelColumn) else LabelColumn(**c) for c in self.label_columns
+        ]
+        for col in self.label_columns:
+            if col.classifier_depth != 1:
+                raise CheckpointError(
+                    f"label head {col.name!r}: classifier_depth {col.classifier_depth} not supported"
+                )
+
+    # presets -------------------------------------------------------------------------------
+    @classmethod
+    def v1(cls, **kwargs: Any) -> BmfmRnaConfig:
+        """v1 (``biomed.rna.bert.110m.*``): 12 x 768 post-LN BERT, MLP expression encoder."""
+        base: dict[str, Any] = {"variant": "v1", "expression_encoder": "mlp_with_special_token_embedding",
+                                "expression_encoder_kwargs": {"zero_as_special_token": True}}
+        base.update(kwargs)
+        return cls(**base)
+
+    @classmethod
+    def v2(cls, **kwargs: Any) -> BmfmRnaConfig:
+        """v2 (``biomed.rna.llama.47m.*``): 12 x 384 pre-RMSNorm LLaMA-like, scale_adapt, 5 CLS."""
+        hidden = kwargs.get("hidden_size", 384)
+        base: dict[str, Any] = {
+            "variant": "v2", "hidden_size": 384, "num_attention_heads": 12,
+            "intermediate_size": llama_mlp_size(hidden), "hidden_act": "gelu",
+            "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0,
+            "expression_encoder": "scale_adapt",
+            "expression_encoder_kwargs": {"n_sin_basis": 48, "basis_scale": 0.01,
+                                          "trainable": False, "zero_as_special_token": True},
+            "n_cls_tokens": 5,
+        }
+        base.update(kwargs)
+        return cls(**base)
+
+    # derived -------------------------------------------------------------------------------
+    @property
+    def wced(self) -> dict[str, Any] | None:
+        """The WCED decoder spec ``{"field", "vocab_field", "logit_outputs"}`` or None."""
+        for fname, modes in self.decode_modes.items():
+            if "wced" in modes:
+                spec = modes["wced"]
+                return {"field": fname, "vocab_field": spec.get("vocab_field", self.gene_field),
+                        "logit_outputs": list(spec.get("logit_outputs", ["mse", "is_zero_bce"]))}
+        return None
+
+    @property
+    def mlm_decoders(self) -> dict[str, tuple[str, str]]:
+        """``{"<field>_<mode>": (field, mode)}`` for MLM decoders (token_scores/regression/is_zero)."""
+        return {f"{f}_{m}": (f, m) for f, modes in self.decode_modes.items()
+                for m in modes if m in _MLM_MODES}
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def label_names(self) -> list[str]:
+        return [c.name for c in self.label_columns]
+
+    # serialisation -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out = {"model_type": _MODEL_TYPE}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "label_columns":
+                value = [c.to_dict() for c in value]
+            out[f.name] = value
+        return json.loads(json.dumps(out))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BmfmRnaConfig:
+        data = dict(data)
+        mt = data.pop("model_type", _MODEL_TYPE)
+        if mt != _MODEL_TYPE:
+            raise CheckpointError(f"config model_type {mt!r} is not {_MODEL_TYPE!r}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"unknown BmfmRnaConfig keys {unknown}")
+        return cls(**data)
+
+    @classmethod
+    def is_own_format(cls, data: dict[str, Any]) -> bool:
+        return data.get("model_type") == _MODEL_TYPE
+
+    def to_json_file(self, path: str | Path) -> None:
+        with open(path, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> BmfmRnaConfig:
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))
+
+
+def llama_mlp_size(hidden: int) -> int:
+    """SwiGLU width of the v2 blocks: int(8 * hidden / 3) rounded up to a multiple of 256."""
+    n = int(2 * 4 * hidden / 3)
+    return int(math.ceil(n / 256) * 256)

@@ -1,0 +1,243 @@
+"""Loading official-layout checkpoints (planted v1 .ckpt with legacy names, v2 folder) and our own."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+import biomed_toolkit.rna as rna
+from biomed_toolkit.core.errors import CheckpointError
+from biomed_toolkit.core.weights import save_safetensors
+from biomed_toolkit.rna.configuration import BmfmRnaConfig, LabelColumn
+from biomed_toolkit.rna.modeling import BmfmRnaModel
+
+GENES = ["CD3E", "CD3D", "LYZ", "MS4A1", "CD14", "NKG7", "GNLY", "CD79A", "FCGR3A", "PPBP"]
+WCED = {"wced": {"vocab_field": "genes", "logit_outputs": ["mse", "is_zero_bce"]}}
+
+
+def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) / max(1, p.shape[-1]) ** 0.5)
+    return model.eval()
+
+
+def cells() -> ad.AnnData:
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, size=(12, len(GENES))).astype(np.float32)
+    X[X < 2] = 0
+    a = ad.AnnData(sp.csr_matrix(X))
+    a.var_names = GENES
+    a.obs_names = [f"c{i}" for i in range(12)]
+    return a
+
+
+@pytest.fixture
+def fake_bmfm_targets(monkeypatch):
+    """Classes with the official module paths, so torch.save pickles them as the official code."""
+    made = {}
+    for mod_name, cls_name in [("bmfm_targets.config.model_config", "SCBertConfig"),
+                               ("bmfm_targets.config.tokenization_config", "FieldInfo"),
+                               ("bmfm_targets.config.tokenization_config", "LabelColumnInfo"),
+                               ("bmfm_targets.config.training_config", "TrainerConfig")]:
+        for part in ("bmfm_targets", "bmfm_targets.config", mod_name):
+            if part not in sys.modules:
+                monkeypatch.setitem(sys.modules, part, types.ModuleType(part))
+        cls = type(cls_name, (), {"__module__": mod_name})
+        setattr(sys.modules[mod_name], cls_name, cls)
+        made[cls_name] = cls
+    return made
+
+
+def obj(cls, **state):
+    o = cls()
+    o.__dict__.update(state)
+    return o
+
+
+def test_official_v1_ckpt_with_legacy_names(tmp_path, fake_bmfm_targets):
+    c = fake_bmfm_targets
+    tok = rna.GeneTokenizer.from_genes(GENES)
+    cfg = BmfmRnaConfig.v1(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=32,
+                           decode_modes={"expressions": WCED},
+                           label_columns=[LabelColumn("cell_type", 3),
+                                          LabelColumn("donor_id", 2, gradient_reversal_coefficient=3.0)])
+    ref = randomise(BmfmRnaModel(cfg), 1)
+    fields = [
+        obj(c["FieldInfo"], field_name="genes", vocab_size=tok.vocab_size, is_input=True,
+            tokenization_strategy="tokenize", masked_output_modes=None, num_special_tokens=5),
+        # legacy attribute names, as older bmfm_targets versions pickled them
+        obj(c["FieldInfo"], field_name="expressions", vocab_size=55, is_input=True,
+            tokenization_strategy="continuous_value_encoder", masked_output_modes=WCED,
+            continuous_value_encoder_kwargs={"kind": "mlp_with_special_token_embedding",
+                                             "zero_as_special_token": True},
+            num_special_tokens=5),
+    ]
+    labels = [obj(c["LabelColumnInfo"], label_column_name="cell_type", output_size=3,
+                  gradient_reversal_coefficient=None, classifier_depth=1),
+              obj(c["LabelColumnInfo"], label_column_name="donor_id", output_size=2,
+                  gradient_reversal_coefficient=3.0, classifier_depth=1)]
+    mc = obj(c["SCBertConfig"], hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+             intermediate_size=32, hidden_act="gelu", layer_norm_eps=1e-12, pad_token_id=2,
+             position_embedding_type=None, fields=fields, label_columns=labels,
+             output_attentions=False)
+    tc = obj(c["TrainerConfig"], pooling_method="first_token", metrics=[{"name": "f1"}], batch_size=8)
+    ckpt = {"epoch": 3, "global_step": 120, "optimizer_states": [{"state": {}}], "lr_schedulers": [],
+            "state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()},
+            "hyper_parameters": {"model_config": mc, "trainer_config": tc,
+                                 "label_dict": {"cell_type": {"B": 0, "T": 1, "NK": 2},
+                                                "donor_id": {"d1": 0, "d2": 1}}}}
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(ckpt, folder / "last.ckpt")
+    tok.save_pretrained(folder)
+    for path in (folder, folder / "last.ckpt"):
+        m = rna.load(path, device="cpu")
+        assert m.config.label_names == ["cell_type", "donor_id"]
+        assert m.config.wced is not None and m.pooling == "first_token"
+        for k, v in ref.state_dict().items():
+            assert torch.equal(m.state_dict()[k], v), k
+        assert m.label_names("cell_type") == ["B", "T", "NK"]
+        assert m.card.family == "bmfm-rna" and len(m.card.sha256) == 64
+    X, rep = rna.embed_cells(m, cells(), progress=False)
+    assert rep.n_matched == len(GENES) and np.isfinite(X).all()
+    enc = rna.encode_cells(cells(), m)
+    with torch.no_grad():
+        want = ref(**enc.to_torch()).cls_embedding.numpy()
+    np.testing.assert_allclose(X, want, atol=1e-6)
+
+
+def test_unsafe_checkpoint_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"state_dict": {}, "hyper_parameters": {"model_config": Evil()}}, tmp_path / "x.ckpt")
+    with pytest.raises(CheckpointError, match="refused"):
+        rna.load(tmp_path / "x.ckpt", device="cpu")
+
+
+def make_v2_folder(folder, seed=2):
+    extra = tuple(f"[CLS_{k}]" for k in range(4)) + ("[S]", "[T]")
+    tok = rna.GeneTokenizer.from_genes(GENES, extra_tokens=extra)
+    enc_kwargs = {"kind": "scale_adapt", "n_sin_basis": 48, "basis_scale": 0.01, "trainable": False,
+                  "zero_as_special_token": True}
+    cfg = BmfmRnaConfig.v2(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=4, decode_modes={"expressions": WCED},
+                           expression_encoder_kwargs={k: v for k, v in enc_kwargs.items() if k != "kind"},
+                           label_columns=[LabelColumn("cell_type", 3)])
+    ref = BmfmRnaModel(cfg)
+    basis = ref.core.encoder.embeddings.expressions_embeddings.basis.clone()
+    randomise(ref, seed)
+    ref.core.encoder.embeddings.expressions_embeddings.basis.copy_(basis)
+    folder.mkdir(parents=True)
+    official_cfg = {
+        "model_type": "scllama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "pad_token_id": 2, "layer_norm_eps": 1e-12, "position_embedding_type": None,
+        "fields": [
+            {"field_name": "genes", "vocab_size": tok.vocab_size, "is_input": True,
+             "tokenization_strategy": "tokenize", "decode_modes": None, "num_special_tokens": 5},
+            {"field_name": "expressions", "vocab_size": 55, "is_input": True,
+             "tokenization_strategy": "continuous_value_encoder", "decode_modes": WCED,
+             "encoder_kwargs": enc_kwargs, "num_special_tokens": 5},
+        ],
+        "label_columns": [{"label_column_name": "cell_type", "n_unique_values": 3,
+                           "gradient_reversal_coefficient": None, "classifier_depth": 1}],
+        "label_dict": {"cell_type": {"a": 0, "b": 1, "c": 2}},
+    }
+    (folder / "config.json").write_text(json.dumps(official_cfg))
+    save_safetensors(ref.state_dict(), folder / "model.safetensors")
+    tok.save_pretrained(folder)
+    return ref, tok
+
+
+def test_planted_v2_folder_loads_and_runs(tmp_path):
+    ref, tok = make_v2_folder(tmp_path / "v2")
+    m = rna.load(tmp_path / "v2", device="cpu")
+    assert m.config.variant == "v2" and m.config.n_cls_tokens == 5
+    for k, v in ref.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    enc = rna.encode_cells(cells(), m)
+    cls_ids = [3] + [tok.token_id(f"[CLS_{k}]") for k in range(4)]
+    assert (enc.genes[:, :5] == np.asarray(cls_ids)).all()
+    assert (enc.expressions[:, :5] == -4.0).all()
+    X, _ = rna.embed_cells(m, cells(), progress=False)
+    with torch.no_grad():
+        out = ref(**enc.to_torch(), heads=("labels", "wced"))
+    np.testing.assert_allclose(X, out.cls_embedding.numpy(), atol=1e-6)
+    probs = rna.predict_labels(m, cells(), progress=False)["cell_type"]
+    assert probs[1] == ["a", "b", "c"]
+    np.testing.assert_allclose(probs[0], torch.softmax(out.label_logits["cell_type"], -1).numpy(), atol=1e-6)
+    # and our own save of it round-trips
+    m.save_pretrained(tmp_path / "ours")
+    back = rna.load(tmp_path / "ours", device="cpu")
+    assert back.config == m.config
+    X2, _ = rna.embed_cells(back, cells(), progress=False)
+    np.testing.assert_array_equal(X, X2)
+
+
+def test_errors_name_the_problem(tmp_path):
+    ref, _ = make_v2_folder(tmp_path / "v2")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="holds no BMFM-RNA model"):
+        rna.load(tmp_path / "empty", device="cpu")
+    # wrong tokenizer for the weights
+    import shutil
+
+    shutil.rmtree(tmp_path / "v2" / "tokenizers")
+    rna.GeneTokenizer.from_genes(GENES[:3]).save_pretrained(tmp_path / "v2")
+    with pytest.raises(CheckpointError, match="tokenizer"):
+        rna.load(tmp_path / "v2", device="cpu")
+
+
+def test_default_load_is_the_embedded_demo():
+    from biomed_toolkit.core import hub
+
+    if not (hub.EMBEDDED_DIR / "bmfm_rna_demo" / "manifest.json").is_file():
+        pytest.skip("embedded demo not built (scripts/train_rna_demo.py)")
+    m = rna.load(device="cpu")
+    assert m.card.name == "bmfm-rna-demo" and m.card.source == "embedded"
+    assert m.pooling == "first_token" and "cell_type" in m.label_dict
+    record = json.loads((hub.EMBEDDED_DIR / "bmfm_rna_demo" / "training_record.json").read_text())
+    assert record["sha256"]["model.safetensors"] == m.card.sha256
+
+
+@pytest.fixture(scope="module")
+def demo():
+    from biomed_toolkit.core import hub
+
+    if not (hub.EMBEDDED_DIR / "bmfm_rna_demo" / "manifest.json").is_file():
+        pytest.skip("embedded demo not built (scripts/train_rna_demo.py)")
+    return rna.load(device="cpu")
+
+
+def test_demo_predicts_pbmc_cell_types_above_chance(demo):
+    pbmc = rna.pbmc68k_counts()[::3]
+    probs, names = rna.predict_labels(demo, pbmc, progress=False)["cell_type"]
+    pred = np.asarray(names)[probs.argmax(1)]
+    truth = pbmc.obs["bulk_labels"].astype(str).to_numpy()
+    majority = pbmc.obs["bulk_labels"].value_counts(normalize=True).max()
+    assert (pred == truth).mean() > majority + 0.1
+    X, rep = rna.embed_cells(demo, pbmc[:60], progress=False)
+    assert X.shape == (60, demo.config.hidden_size) and np.isfinite(X).all()
+    assert rep.n_matched == 690 and rep.fraction_counts_covered > 0.9
+
+
+def test_embeddings_are_chunk_invariant_with_random_order_and_truncation(demo):
+    pbmc = rna.pbmc68k_counts()[:120]
+    kw = dict(order="random", seed=7, max_length=64, progress=False)
+    X1, _ = rna.embed_cells(demo, pbmc, chunk_size=120, **kw)
+    X2, _ = rna.embed_cells(demo, pbmc, chunk_size=17, batch_size=5, **kw)
+    np.testing.assert_array_equal(X1, X2)
+    X3, _ = rna.embed_cells(demo, pbmc, chunk_size=120, order="random", seed=8, max_length=64,
+                            progress=False)
+    assert not np.allclose(X1, X3)  # the seed decides which genes survive truncation
