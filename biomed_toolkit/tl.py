@@ -11,6 +11,9 @@ _EXPORTS = {
     "reference_map": "biomed_toolkit.rna.tasks",
     "integration_metrics": "biomed_toolkit.rna.metrics",
     "predict_perturbation": "biomed_toolkit.rna.perturbation",
+    "finetune_perturbation": "biomed_toolkit.rna.perturbation",
+    "perturbation_metrics": "biomed_toolkit.rna.perturbation",
+    "majority_vote": "biomed_toolkit.rna.tasks",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -37,6 +37,7 @@ class Settings:
         self._cache_dir: Path | None = None
         self._offline: bool | None = None
         self._progress = True
+        self._num_threads: int | None = None
         from .log import set_verbosity
 
         set_verbosity(self._verbosity)
@@ -106,6 +107,22 @@ class Settings:
     def progress(self, value: bool) -> None:
         self._progress = bool(value)
 
+    @property
+    def num_threads(self) -> int | None:
+        """CPU threads torch may use (None: torch's default). On a busy shared machine 1 is often fastest."""
+        return self._num_threads
+
+    @num_threads.setter
+    def num_threads(self, value: int | None) -> None:
+        if value is not None:
+            value = int(value)
+            if value < 1:
+                raise InputError(f"num_threads must be a positive integer or None, got {value}")
+            import torch
+
+            torch.set_num_threads(value)
+        self._num_threads = value
+
     # cache / offline ----------------------------------------------------------------------
     @property
     def cache_dir(self) -> Path:
@@ -149,6 +166,7 @@ class Settings:
             "cache_dir": str(self.cache_dir),
             "offline": self.offline,
             "progress": self.progress,
+            "num_threads": "auto" if self.num_threads is None else self.num_threads,
         }
 
     def __repr__(self) -> str:

@@ -81,6 +81,24 @@ def _n_devices(devices: Any, accelerator: str) -> int:
     return int(devices)
 
 
+class _DropAdverts:
+    """Drops Lightning's advertising tips (cloud products) from the training log."""
+
+    def filter(self, record: Any) -> bool:
+        return "Tip:" not in str(record.getMessage())
+
+
+def _quiet_lightning() -> None:
+    import logging
+    import warnings
+
+    lightning_log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropAdverts) for f in lightning_log.filters):
+        lightning_log.addFilter(_DropAdverts())
+    # torch's pytree deprecation seen through Lightning; nothing a user can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
 def _atomic_checkpoint_io() -> Any:
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
@@ -263,6 +281,7 @@ def fit(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
+    _quiet_lightning()
     seed = settings.seed if seed is None else int(seed)
     L.seed_everything(seed, workers=True, verbose=False)
     if accelerator == "auto":

@@ -74,8 +74,10 @@ class LesionMatcher:
         self.case_dropdown.observe(lambda ch: self.set_case(ch["new"]), names="value")
         self.method_dropdown.observe(lambda ch: self.set_method(ch["new"]), names="value")
         self.slider.observe(lambda ch: self.set_threshold(ch["new"]), names="value")
+        from biomed_toolkit.core.widgets import figure_box
+
         self.widget = W.VBox([W.HBox([self.case_dropdown, self.method_dropdown, self.slider]),
-                              self.figure, self.info])
+                              figure_box(self.figure), self.info])
 
     # -- state ---------------------------------------------------------------------------------
     @property

@@ -223,7 +223,9 @@ class CellAnnotator:
              w.HBox([self.clear_button, self.undo_button]), self.status],
             layout=w.Layout(width="380px"),
         )
-        self.widget = w.VBox([w.HBox([self.color_toggle, self.slider]), w.HBox([self.figure, side])])
+        from biomed_toolkit.core.widgets import figure_box
+
+        self.widget = w.VBox([w.HBox([self.color_toggle, self.slider]), w.HBox([figure_box(self.figure), side])])
         self._apply(write=True)
 
     # ------------------------------------------------------------------------------------

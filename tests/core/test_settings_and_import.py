@@ -47,3 +47,18 @@ def test_resolve_device_auto_and_errors():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def test_num_threads_setting_applies_to_torch():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        bt.settings.num_threads = 1
+        assert torch.get_num_threads() == 1
+        assert "num_threads: 1" in repr(bt.settings)
+        with pytest.raises(InputError, match="positive"):
+            bt.settings.num_threads = 0
+    finally:
+        torch.set_num_threads(before)
+        bt.settings.num_threads = None
