@@ -11,8 +11,7 @@ Examples
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from .._lazy import lazy_exports
 
 # Public name -> submodule that defines it (add plotting/widgets names here).
 _LAZY: dict[str, str] = {
@@ -42,19 +41,5 @@ _LAZY: dict[str, str] = {
 }
 _SUBMODULES = {"prompts", "tokenizer", "configuration", "modeling", "tasks", "training", "datasets", "plotting", "widgets"}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _SUBMODULES:
-        return importlib.import_module(f"{__name__}.{name}")
-    if name in _LAZY:
-        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY) | _SUBMODULES)
-
-
 __all__ = sorted(_LAZY) + ["prompts"]
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, submodules=_SUBMODULES)

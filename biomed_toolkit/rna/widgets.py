@@ -223,10 +223,12 @@ class CellAnnotator:
              w.HBox([self.clear_button, self.undo_button]), self.status],
             layout=w.Layout(width="380px"),
         )
+        self._apply(write=True)
         from biomed_toolkit.core.widgets import figure_box
 
+        # figure_box snapshots the figure for the page: take it after the first _apply, else a
+        # page that connects later (Voila, a fresh notebook view) shows uncoloured points
         self.widget = w.VBox([w.HBox([self.color_toggle, self.slider]), w.HBox([figure_box(self.figure), side])])
-        self._apply(write=True)
 
     # ------------------------------------------------------------------------------------
     # state -> adata and view
@@ -404,4 +406,6 @@ class CellAnnotator:
         self.set_color(change["new"])
 
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        # a new view starts from the figure's snapshot, not from the edits sent since: refresh it
+        self.figure._repr_mimebundle_()
         return self.widget._repr_mimebundle_(**kwargs)
