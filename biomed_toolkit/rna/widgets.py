@@ -221,14 +221,19 @@ class CellAnnotator:
         side = w.VBox(
             [self.info, self.marker_html, w.HBox([self.label_box, self.relabel_button]),
              w.HBox([self.clear_button, self.undo_button]), self.status],
-            layout=w.Layout(width="380px"),
+            layout=w.Layout(width="380px", flex="0 0 380px"),
         )
         self._apply(write=True)
         from biomed_toolkit.core.widgets import figure_box
 
         # figure_box snapshots the figure for the page: take it after the first _apply, else a
         # page that connects later (Voila, a fresh notebook view) shows uncoloured points
-        self.widget = w.VBox([w.HBox([self.color_toggle, self.slider]), w.HBox([figure_box(self.figure), side])])
+        plot_box = figure_box(self.figure)
+        # in a browser the Output grows to the row's width and squeezes the side panel to nothing
+        plot_box.layout = w.Layout(width=f"{self.figure.layout.width + 10}px", flex="0 0 auto")
+        # wrap: in a narrow notebook the side panel goes below the plot instead of being clipped
+        row = w.HBox([plot_box, side], layout=w.Layout(flex_flow="row wrap"))
+        self.widget = w.VBox([w.HBox([self.color_toggle, self.slider]), row])
 
     # ------------------------------------------------------------------------------------
     # state -> adata and view
@@ -329,7 +334,7 @@ class CellAnnotator:
         counts = pd.Series(self.labels[idx]).value_counts()
         comp = ", ".join(f"{k} ({v})" for k, v in counts.head(4).items())
         self.info.value = f"<b>{idx.size} cells selected</b><br><small>{comp}</small>"
-        self.marker_html.value = self.markers.round(3).to_html(index=False, border=0)
+        self.marker_html.value = self.markers.to_html(index=False, border=0, float_format="{:.3g}".format)
         self.points.selectedpoints = idx.tolist()
         return self.markers
 

@@ -119,3 +119,15 @@ def test_widget_on_annotate_output(fixtures_dir):
     ann.undo()
     assert ((adata.obs["bmfm_cell_type"] == "Unassigned").to_numpy()
             == (adata.obs["bmfm_cell_type_confidence"] < 0.5).to_numpy()).all()
+
+
+def test_widget_page_snapshot_matches_state(adata):
+    # a browser view that connects after the kernel ran (Voila, reopened notebook) is drawn from
+    # the FigureWidget's snapshot (_widget_data), not from the edits streamed before it connected
+    ann = CellAnnotator(adata, label_key="pred")
+    snapshot = ann.figure._widget_data
+    assert len(snapshot) == len(ann.figure.data) == 1 + adata.obs["pred"].nunique()
+    assert list(snapshot[0]["marker"]["color"]) == list(ann.figure.data[0].marker.color)
+    ann.set_color("confidence")
+    ann._repr_mimebundle_()  # displaying the annotator again refreshes the snapshot
+    assert ann.figure._widget_data[0]["marker"]["showscale"] is True
