@@ -581,7 +581,7 @@ class BmfmRnaModel(nn.Module):
         expressions: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
-        heads: Any = ("labels",),
+        heads: Any = "default",
         output_hidden_states: bool = False,
     ) -> BmfmRnaOutput:
         """Encode cells and run the requested heads.
@@ -591,9 +591,13 @@ class BmfmRnaModel(nn.Module):
         genes, expressions, attention_mask
             (B, L) tensors as made by :func:`biomed_toolkit.rna.encode_cells`.
         heads
-            Any of ``"labels"``, ``"wced"`` (CLS only), ``"mlm"`` (every position), or
-            ``"all"``/``None`` (none). WCED and MLM are only computed when asked.
+            ``"default"``: the label heads and WCED (CLS only, cheap) when the model has them;
+            or any of ``"labels"``, ``"wced"``, ``"mlm"`` (every position, costly); ``"all"``
+            (every head the model has); ``None`` (encoder and pooler only).
         """
+        if heads == "default":
+            heads = tuple(h for h, ok in zip(
+                ("labels", "wced"), (bool(self.config.label_columns), self.config.wced is not None)) if ok)
         if heads == "all":
             heads = tuple(h for h, ok in zip(
                 _HEADS, (bool(self.config.label_columns), self.config.wced is not None,

@@ -47,10 +47,12 @@ def test_heads_only_when_asked(variant):
     m = small(variant)
     n_cls = m.config.n_cls_tokens
     g, x, a = batch(n_cls)
-    out = m(g, x, a)
+    out = m(g, x, a)  # default: label heads + CLS-only WCED, never the per-position MLM decoder
     assert out.last_hidden_state.shape == (2, 16, 32) and out.pooler_output.shape == (2, 32)
-    assert out.wced is None and out.mlm_logits is None
+    assert out.wced.value.shape == (2, 50) and out.mlm_logits is None
     assert set(out.label_logits) == {"cell_type", "donor_id"}
+    bare = m(g, x, a, heads=None)
+    assert bare.wced is None and bare.label_logits == {} and bare.mlm_logits is None
     assert out.label_logits["cell_type"].shape == (2, 4)
     out = m(g, x, a, heads=("wced",))
     assert out.wced.value.shape == (2, 50) and out.wced.is_zero.shape == (2, 50)
