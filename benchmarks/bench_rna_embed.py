@@ -24,20 +24,13 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
+from _common import best_of, current_rss_mb  # noqa: E402
 
 FIXTURE = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures" / "bmfm_rna_official_tiny"
 
 
 def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def current_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return float(line.split()[1]) / 1024
-    return float("nan")
 
 
 def make_cells(tok, n_cells: int, expressed: int, seed: int = 0):
@@ -138,16 +131,9 @@ def flops_part(args: argparse.Namespace) -> None:
                 s = torch.bmm(q, q.transpose(1, 2))
                 torch.bmm(s, q)
 
-    def best(fn, k=3):
-        fn()
-        out = float("inf")
-        for _ in range(k):
-            t = time.perf_counter()
-            fn()
-            out = min(out, time.perf_counter() - t)
-        return out
-
-    t_ours, t_mm = best(ours), best(matmuls)
+    ours()
+    matmuls()
+    t_ours, t_mm = best_of(ours), best_of(matmuls)
     g_ours, g_mm = flops / t_ours / 1e9, flops / t_mm / 1e9
     print(f"\nencoder GFLOP/s, v1-110M shape (768 x 12 layers), batch {B} x {W} tokens, "
           f"{args.threads} thread(s)")

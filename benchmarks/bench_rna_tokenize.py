@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
+from _common import best_of  # noqa: E402
 
 import biomed_toolkit.rna as rna  # noqa: E402
 from biomed_toolkit.rna.io import iter_csr_chunks  # noqa: E402
@@ -50,15 +50,6 @@ def reference_encode(X: sp.csr_matrix, names: np.ndarray, vocab: dict, pc: froze
         out_e[r, 1:len(ids) + 1] = norm
         out_g[r, len(ids) + 1], out_e[r, len(ids) + 1] = 1, -2.0
     return out_g, out_e
-
-
-def best_of(fn, repeat: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main() -> None:

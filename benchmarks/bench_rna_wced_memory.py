@@ -20,13 +20,7 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-
-def current_rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return float(line.split()[1]) / 1024
-    return float("nan")
+from _common import current_rss_mb  # noqa: E402
 
 
 def child(mode: str, args: argparse.Namespace) -> dict:

@@ -15,6 +15,8 @@ import torch
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.rna import perturbation as P
 
+from .helpers import fresh_model
+
 
 def test_perturbation_metrics_known_values():
     control = np.array([1.0, 2.0, 3.0, 4.0])
@@ -39,21 +41,6 @@ def test_perturbation_metrics_known_values():
         P.perturbation_metrics(np.ones((2, 3)), np.ones((2, 4)), np.ones(3))
 
 
-def fresh_model(genes, seed=0):
-    from biomed_toolkit.core.hub import ModelCard
-    from biomed_toolkit.rna.configuration import BmfmRnaConfig
-    from biomed_toolkit.rna.modeling import BmfmRnaModel
-    from biomed_toolkit.rna.tokenize import GeneTokenizer
-
-    tok = GeneTokenizer.from_genes(list(genes))
-    torch.manual_seed(seed)
-    cfg = BmfmRnaConfig.v1(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64, limit_genes=None)
-    model = BmfmRnaModel(cfg).eval()
-    model.tokenizer = tok
-    model.card = ModelCard("tiny-test", "bmfm-rna", "test", None)
-    model.pooling = "first_token"
-    return model
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import biomed_toolkit as bt
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.rna import tasks
 
+from .helpers import fresh_model
+
 
 @pytest.fixture(scope="module")
 def counts():
@@ -40,21 +42,6 @@ def fixture_model(fixtures_dir):
     return bt.rna.load(fixtures_dir / "bmfm_rna_official_tiny" / "ckpt" / "last.ckpt", device="cpu")
 
 
-def fresh_model(genes, seed=0):
-    from biomed_toolkit.core.hub import ModelCard
-    from biomed_toolkit.rna.configuration import BmfmRnaConfig
-    from biomed_toolkit.rna.modeling import BmfmRnaModel
-    from biomed_toolkit.rna.tokenize import GeneTokenizer
-
-    tok = GeneTokenizer.from_genes(list(genes))
-    torch.manual_seed(seed)
-    cfg = BmfmRnaConfig.v1(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                           num_attention_heads=2, intermediate_size=64, limit_genes=None)
-    model = BmfmRnaModel(cfg).eval()
-    model.tokenizer = tok
-    model.card = ModelCard("tiny-test", "bmfm-rna", "test", None)
-    model.pooling = "first_token"
-    return model
 
 
 # ------------------------------------------------------------------------------------------
