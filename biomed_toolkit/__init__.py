@@ -28,6 +28,14 @@ _SUBMODULES = {
     "core": "biomed_toolkit.core",
 }
 
+#: Each model family's registry module (official checkpoints, allowed pickle classes). Core reads
+#: this mapping instead of importing domains; a new family adds one line here.
+FAMILY_REGISTRIES: dict[str, str] = {
+    "bmfm-rna": "biomed_toolkit.rna.registry",
+    "mammal": "biomed_toolkit.mammal.registry",
+    "mammo": "biomed_toolkit.mammo.registry",
+}
+
 __all__ = [
     "settings", "__version__", "hub", "train", "tl", "pl", "widgets", "datasets", "rna", "mammal",
     "mammo", "core",

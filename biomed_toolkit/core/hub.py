@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from .errors import CheckpointError, InputError, OfflineError
@@ -23,7 +25,6 @@ log = get_logger(__name__)
 
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "_models"
 MANIFEST = "manifest.json"
-FAMILIES = ("bmfm-rna", "mammal", "mammo")
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt")
 
 
@@ -153,58 +154,30 @@ def make_card(
 
 
 # --------------------------------------------------------------------------------------------
-# registry
-_OFFICIAL: list[ModelSpec] = [
-    ModelSpec("bmfm-rna-v1-wced-multitask", "bmfm-rna", "embedding, cell type", "hub",
-              hub_id="ibm-research/biomed.rna.bert.110m.wced.multitask.v1", parameters=110_000_000,
-              description="BMFM-RNA v1 BERT, WCED + multitask", files=("*.ckpt", "tokenizers/<field>/")),
-    ModelSpec("bmfm-rna-v1-mlm-multitask", "bmfm-rna", "embedding, cell type", "hub",
-              hub_id="ibm-research/biomed.rna.bert.110m.mlm.multitask.v1", parameters=110_000_000,
-              description="BMFM-RNA v1 BERT, MLM + multitask", files=("*.ckpt", "tokenizers/<field>/")),
-    ModelSpec("bmfm-rna-v1-mlm-rda", "bmfm-rna", "embedding (read-depth aware)", "hub",
-              hub_id="ibm-research/biomed.rna.bert.110m.mlm.rda.v1", parameters=110_000_000,
-              description="BMFM-RNA v1 BERT, MLM, read-depth aware", files=("*.ckpt", "tokenizers/<field>/")),
-    ModelSpec("bmfm-rna-v2-wced-multitask", "bmfm-rna", "embedding, cell type", "hub",
-              hub_id="ibm-research/biomed.rna.llama.47m.wced.multitask.v1.vllm", parameters=47_000_000,
-              description="BMFM-RNA v2 LLaMA-style, WCED + multitask",
-              files=("config.json", "model.safetensors", "tokenizers/<field>/")),
-    ModelSpec("bmfm-rna-v2-mlm-multitask", "bmfm-rna", "embedding, cell type", "hub",
-              hub_id="ibm-research/biomed.rna.llama.32m.mlm.multitask.v1.vllm", parameters=32_000_000,
-              description="BMFM-RNA v2 LLaMA-style, MLM + multitask",
-              files=("config.json", "model.safetensors", "tokenizers/<field>/")),
-    ModelSpec("mammal-base", "mammal", "base (prompted)", "hub",
-              hub_id="ibm/biomed.omics.bl.sm.ma-ted-458m", parameters=458_000_000,
-              description="MAMMAL T5 encoder-decoder, pretrained",
-              files=("config.json", "model.safetensors", "tokenizer/config.yaml", "tokenizer/*.json")),
-    ModelSpec("mammal-dti-bindingdb-pkd", "mammal", "dti", "hub",
-              hub_id="ibm/biomed.omics.bl.sm.ma-ted-458m.dti_bindingdb_pkd", parameters=458_000_000,
-              description="MAMMAL fine-tuned: drug-target pKd (BindingDB)",
-              files=("config.json", "model.safetensors", "tokenizer/config.yaml", "tokenizer/*.json")),
-    ModelSpec("mammal-bbbp", "mammal", "bbbp", "hub",
-              hub_id="ibm/biomed.omics.bl.sm.ma-ted-458m.moleculenet_bbbp", parameters=458_000_000,
-              description="MAMMAL fine-tuned: blood-brain barrier permeability",
-              files=("config.json", "model.safetensors", "tokenizer/config.yaml", "tokenizer/*.json")),
-    ModelSpec("mammal-clintox-tox", "mammal", "clintox", "hub",
-              hub_id="ibm/biomed.omics.bl.sm.ma-ted-458m.moleculenet_clintox_tox", parameters=458_000_000,
-              description="MAMMAL fine-tuned: ClinTox clinical toxicity",
-              files=("config.json", "model.safetensors", "tokenizer/config.yaml", "tokenizer/*.json")),
-    ModelSpec("mammal-tcr-epitope", "mammal", "tcr", "hub",
-              hub_id="ibm-research/biomed.omics.bl.sm.ma-ted-458m.tcr_epitope_bind", parameters=458_000_000,
-              description="MAMMAL fine-tuned: TCR-epitope binding",
-              files=("config.json", "model.safetensors", "tokenizer/config.yaml", "tokenizer/*.json")),
-    ModelSpec("mammal-protein-solubility", "mammal", "protein solubility", "hub",
-              hub_id="ibm/biomed.omics.bl.sm.ma-ted-458m.protein_solubility", parameters=458_000_000,
-              description="MAMMAL fine-tuned: protein solubility",
-              files=("config.json", "model.safetensors", "tokenizer/config.yaml", "tokenizer/*.json")),
-]
+# registry: each family lists its official checkpoints in ``<domain>/registry.py``
+def family_registries() -> dict[str, ModuleType]:
+    """Each family's registry module (``MODELS``, ``PICKLE_CLASSES``, ``LEGACY_RENAMES``),
+    named in ``biomed_toolkit.FAMILY_REGISTRIES``; core imports no domain by name."""
+    import biomed_toolkit
+
+    return {family: importlib.import_module(module)
+            for family, module in biomed_toolkit.FAMILY_REGISTRIES.items()}
+
+
+def families() -> tuple[str, ...]:
+    """Names of the model families the toolkit knows."""
+    import biomed_toolkit
+
+    return tuple(biomed_toolkit.FAMILY_REGISTRIES)
+
 
 _extra_specs: dict[str, ModelSpec] = {}
 
 
 def register(spec: ModelSpec) -> None:
     """Add (or replace) a model in the registry."""
-    if spec.family not in FAMILIES:
-        raise InputError(f"unknown model family {spec.family!r}: choose one of {FAMILIES}")
+    if spec.family not in families():
+        raise InputError(f"unknown model family {spec.family!r}: choose one of {families()}")
     _extra_specs[spec.name] = spec
 
 
@@ -231,7 +204,8 @@ def _embedded_specs() -> dict[str, ModelSpec]:
 def registry() -> dict[str, ModelSpec]:
     """All known models by name: embedded demos, official checkpoints, then user-registered."""
     specs = _embedded_specs()
-    specs.update({s.name: s for s in _OFFICIAL})
+    for module in family_registries().values():
+        specs.update({s.name: s for s in module.MODELS})
     specs.update(_extra_specs)
     return specs
 

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from .display import finish
+
 
 def training_history(
     history: Any,
     metrics: list[str] | None = None,
     *,
-    show: bool = True,
+    show: bool | None = None,
     return_fig: bool = False,
     ax: Any = None,
+    save: str | None = None,
 ) -> Any:
     """Plot losses and metrics from ``bt.train.fit(...).history`` (or a ``FitResult``).
 
@@ -21,8 +24,10 @@ def training_history(
         DataFrame with a ``step`` column and one column per metric, or a FitResult.
     metrics
         Columns to plot (default: every loss, then every other metric).
-    show, return_fig, ax
-        As in scanpy: show the figure, return it, or draw on a given matplotlib axis.
+    show, return_fig, ax, save
+        The toolkit's display rule (:func:`biomed_toolkit.core.display.finish`): shown by
+        default, returned with ``return_fig=True``, drawn into ``ax`` when given, written to
+        ``save``.
 
     Examples
     --------
@@ -55,10 +60,5 @@ def training_history(
         axis.legend(frameon=False)
         axis.grid(alpha=0.3)
     fig.tight_layout()
-    if show:
-        plt.show()
-    if return_fig:
-        return fig
-    if not show:
-        return axes[0] if len(axes) == 1 else axes
-    return None
+    return finish(fig, show=show, return_fig=return_fig, ax=ax, save=save,
+                  axes=axes[0] if len(axes) == 1 else axes)

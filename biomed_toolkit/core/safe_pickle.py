@@ -15,28 +15,9 @@ from typing import Any
 
 from .errors import CheckpointError
 
-# Class paths pickled by the official implementations (BMFM-RNA: bmfm_targets; MAMMAL: mammal/fuse).
-_KNOWN_CLASSES: list[str] = [
-    "bmfm_targets.config.model_config.SCBertConfig",
-    "bmfm_targets.config.model_config.SCNystromformerConfig",
-    "bmfm_targets.config.model_config.SCPerformerConfig",
-    "bmfm_targets.config.model_config.SCModernBertConfig",
-    "bmfm_targets.config.model_config.SCLlamaConfig",
-    "bmfm_targets.config.tokenization_config.FieldInfo",
-    "bmfm_targets.config.tokenization_config.LabelColumnInfo",
-    "bmfm_targets.config.training_config.TrainerConfig",
-    "mammal.model.MammalConfig",
-    "transformers.models.t5.configuration_t5.T5Config",
-]
-
-# Renames that the official classes apply to state written by older versions.
-_LEGACY_RENAMES: dict[str, dict[str, str]] = {
-    "FieldInfo": {
-        "masked_output_modes": "decode_modes",
-        "continuous_value_encoder_kwargs": "encoder_kwargs",
-    },
-    "LabelColumnInfo": {"output_size": "n_unique_values"},
-}
+# The class paths each family allows (and the attribute renames their classes apply) live in the
+# family's registry module (``PICKLE_CLASSES``, ``LEGACY_RENAMES``); see ``_allowed()``.
+_legacy_renames: dict[str, dict[str, str]] = {}
 
 
 class PlainConfig:
@@ -56,7 +37,7 @@ class PlainConfig:
         if not isinstance(state, dict):
             raise CheckpointError(f"unexpected pickled state for {self.cls_path}: {type(state).__name__}")
         short = self.cls_path.rsplit(".", 1)[-1]
-        for old, new in _LEGACY_RENAMES.get(short, {}).items():
+        for old, new in _legacy_renames.get(short, {}).items():
             if old in state and new not in state:
                 state[new] = state.pop(old)
         self.__dict__.update(state)
@@ -95,8 +76,16 @@ def register_allowed(class_path: str) -> type[PlainConfig]:
     return _holders[class_path]
 
 
-for _path in _KNOWN_CLASSES:
-    register_allowed(_path)
+def _allowed() -> list[tuple[type[PlainConfig], str]]:
+    """Every allowed class: the families' registries plus :func:`register_allowed` calls."""
+    from .hub import family_registries
+
+    for module in family_registries().values():
+        for class_path in module.PICKLE_CLASSES:
+            register_allowed(class_path)
+        for short, renames in getattr(module, "LEGACY_RENAMES", {}).items():
+            _legacy_renames.setdefault(short, dict(renames))
+    return [(cls, class_path) for class_path, cls in _holders.items()]
 
 
 def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict[str, Any]:
@@ -130,7 +119,7 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
-    allowed = [(cls, class_path) for class_path, cls in _holders.items()]
+    allowed = _allowed()
     try:
         with torch.serialization.safe_globals(allowed):
             obj = torch.load(path, map_location=map_location, weights_only=True)

@@ -1,0 +1,190 @@
+"""``BaseConfig``: one configuration base for every model family (plain data + JSON round trip).
+
+A family's configuration is a ``@dataclass`` deriving from :class:`BaseConfig` that declares
+fields only (validation in ``__post_init__``); reading and writing ``config.json``, reporting
+unknown keys and checking value types are written here once.
+
+Examples
+--------
+>>> from dataclasses import dataclass
+>>> @dataclass
+... class ToyConfig(BaseConfig):
+...     model_type = "toy"
+...     width: int = 8
+>>> ToyConfig.from_dict(ToyConfig(width=4).to_dict())
+ToyConfig(width=4)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Self
+
+from .errors import CheckpointError
+from .log import get_logger
+
+log = get_logger(__name__)
+
+UnknownKeys = Literal["warn", "error", "ignore"]
+
+
+@dataclasses.dataclass
+class BaseConfig:
+    """Base of every configuration class.
+
+    Class attributes a family may set:
+
+    ``model_type``
+        Written into ``config.json`` and checked on reading (None: not written; the official
+        layout of some families has no such key).
+    ``unknown_keys``
+        What reading does with keys the class does not know: ``"warn"`` (default: a warning
+        naming them), ``"error"`` (:class:`CheckpointError`) or ``"ignore"``.
+    ``nested``
+        ``{"field": DataclassType}`` for fields holding another dataclass (or a list of them),
+        rebuilt from plain dicts on reading.
+    """
+
+    model_type: ClassVar[str | None] = None
+    unknown_keys: ClassVar[UnknownKeys] = "warn"
+    nested: ClassVar[dict[str, type]] = {}
+
+    # writing ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict of every field (tuples become lists), plus ``model_type``."""
+        out: dict[str, Any] = {}
+        if self.model_type is not None:
+            out["model_type"] = self.model_type
+        for f in dataclasses.fields(self):
+            out[f.name] = _plain(getattr(self, f.name))
+        return json.loads(json.dumps(out, default=str))
+
+    def to_json_file(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` (sorted keys, indented) and return its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        return path
+
+    # reading ---------------------------------------------------------------------------------
+    @classmethod
+    def is_own_format(cls, data: Mapping[str, Any]) -> bool:
+        """True when ``data`` was written by :meth:`to_dict` of this class."""
+        return cls.model_type is not None and data.get("model_type") == cls.model_type
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> Self:
+        """Build from a dict: unknown keys reported, value types checked, nested configs rebuilt.
+
+        Raises
+        ------
+        CheckpointError
+            When ``data`` is not a dict, names another ``model_type``, holds a value of the
+            wrong type, or (``unknown_keys="error"``) a key the class does not know.
+        """
+        if not isinstance(data, Mapping):
+            raise CheckpointError(
+                f"{source}: a {cls.__name__} must be a JSON object, got {type(data).__name__}")
+        data = dict(data)
+        found_type = data.pop("model_type", None)
+        if cls.model_type is not None and found_type not in (None, cls.model_type):
+            raise CheckpointError(
+                f"{source}: model_type {found_type!r} is not {cls.model_type!r}; this folder holds "
+                f"another kind of model")
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(k for k in data if k not in names)
+        if unknown and cls.unknown_keys == "error":
+            raise CheckpointError(
+                f"{source}: keys {cls.__name__} does not know: {unknown}; the file was written by "
+                "another version or belongs to another model")
+        if unknown and cls.unknown_keys == "warn":
+            log.warning(f"{source}: ignoring keys {cls.__name__} does not know: {unknown}")
+        kwargs = {k: v for k, v in data.items() if k in names}
+        hints = typing.get_type_hints(cls)
+        for key, value in kwargs.items():
+            if key in cls.nested:
+                kwargs[key] = _rebuild(cls.nested[key], value, f"{source}: {key}")
+            elif not _fits(value, hints.get(key, Any)):
+                raise CheckpointError(
+                    f"{source}: {key}={value!r} is not a valid {_type_name(hints[key])}; fix the "
+                    "value in config.json")
+        try:
+            return cls(**kwargs)
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: invalid {cls.__name__} ({exc})") from exc
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> Self:
+        """Read ``config.json``; unreadable or invalid JSON raises :class:`CheckpointError`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} does not exist: a model folder needs config.json") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(
+                f"{path} is not valid JSON ({exc}); restore the file from the original model") from None
+        return cls.from_dict(data, source=str(path))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _rebuild(kind: type, value: Any, where: str) -> Any:
+    if value is None or isinstance(value, kind):
+        return value
+    if isinstance(value, list):
+        return [_rebuild(kind, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, Mapping):
+        raise CheckpointError(f"{where}: expected an object for {kind.__name__}, got {value!r}")
+    try:
+        return kind(**value)
+    except TypeError as exc:
+        raise CheckpointError(f"{where}: invalid {kind.__name__} ({exc})") from exc
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Loose JSON-level type check (containers by kind, not by element)."""
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in typing.get_args(hint))
+    if origin is Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    kind = origin or hint
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind in (list, tuple):
+        return isinstance(value, list | tuple)
+    if kind is dict:
+        return isinstance(value, Mapping)
+    if isinstance(kind, type):
+        return isinstance(value, kind)
+    return True
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+__all__ = ["BaseConfig", "UnknownKeys"]
