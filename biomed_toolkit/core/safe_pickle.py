@@ -65,24 +65,36 @@ def _plain(value: Any) -> Any:
     return value
 
 
-_holders: dict[str, type[PlainConfig]] = {}
+class PlainEnum(str):
+    """Stand-in for a pickled ``str`` Enum (pickled as a call with its value): that string."""
+
+    cls_path: str = "PlainEnum"
 
 
-def register_allowed(class_path: str) -> type[PlainConfig]:
-    """Allow one more pickled class path (``"package.module.ClassName"``) as a data holder."""
+_holders: dict[str, type] = {}
+
+
+def register_allowed(class_path: str, *, enum: bool = False) -> type:
+    """Allow one more pickled class path (``"package.module.ClassName"``) as a data holder.
+
+    ``enum=True``: a ``str`` Enum, rebuilt as a :class:`PlainEnum` keeping its value.
+    """
     if class_path not in _holders:
         name = class_path.rsplit(".", 1)[-1]
-        _holders[class_path] = type(name, (PlainConfig,), {"cls_path": class_path})
+        base = PlainEnum if enum else PlainConfig
+        _holders[class_path] = type(name, (base,), {"cls_path": class_path})
     return _holders[class_path]
 
 
-def _allowed() -> list[tuple[type[PlainConfig], str]]:
+def _allowed() -> list[tuple[type, str]]:
     """Every allowed class: the families' registries plus :func:`register_allowed` calls."""
     from .hub import family_registries
 
     for module in family_registries().values():
         for class_path in module.PICKLE_CLASSES:
             register_allowed(class_path)
+        for class_path in getattr(module, "PICKLE_ENUMS", ()):
+            register_allowed(class_path, enum=True)
         for short, renames in getattr(module, "LEGACY_RENAMES", {}).items():
             _legacy_renames.setdefault(short, dict(renames))
     return [(cls, class_path) for class_path, cls in _holders.items()]

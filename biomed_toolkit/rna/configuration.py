@@ -20,8 +20,10 @@ _MLM_MODES = ("token_scores", "regression", "is_zero")
 
 @dataclass
 class LabelColumn:
-    """A label head on the pooler output.
+    """A label head.
 
+    ``decode_from`` None -> the head reads the pooler output (v1); an integer -> it reads the raw
+    last hidden state at that token position (v2: ``[CLS_0]`` = 1 .. ``[CLS_3]`` = 4).
     ``gradient_reversal_coefficient`` set -> the head sits behind a gradient-reversal layer
     (adversarial, e.g. donor/batch removal).
     """
@@ -30,6 +32,7 @@ class LabelColumn:
     n_classes: int
     gradient_reversal_coefficient: float | None = None
     classifier_depth: int = 1
+    decode_from: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,6 +101,10 @@ class BmfmRnaConfig:
                 raise CheckpointError(
                     f"label head {col.name!r}: classifier_depth {col.classifier_depth} not supported"
                 )
+            if col.decode_from is not None and not 0 <= col.decode_from < self.n_cls_tokens:
+                raise CheckpointError(
+                    f"label head {col.name!r} decodes from position {col.decode_from}, but the "
+                    f"model has {self.n_cls_tokens} leading CLS token(s)")
 
     # presets -------------------------------------------------------------------------------
     @classmethod

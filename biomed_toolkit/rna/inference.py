@@ -214,7 +214,7 @@ def run_inference(
                         v = (h[:, 1:] * mm).sum(1) / mm.sum(1).clamp(min=1.0)
                     emb[rows] = v.float().cpu().numpy()
                 if label_list:
-                    logits = model.classify(pooled, label_list)
+                    logits = model.classify(h, label_list, pooler_output=pooled)
                     for lab, lg in logits.items():
                         probs[lab][rows] = torch.softmax(lg.float(), dim=-1).cpu().numpy()
             bar.update(len(enc))

@@ -63,6 +63,10 @@ def config_from_official(
         raise CheckpointError(
             f"position_embedding_type={_get(mc, 'position_embedding_type')!r} is not supported "
             "(released BMFM-RNA models have none)")
+    if int(_get(mc, "num_memory_tokens", 0) or 0):
+        raise CheckpointError(
+            f"num_memory_tokens={_get(mc, 'num_memory_tokens')} (memory/aux tokens) is not "
+            "supported (released BMFM-RNA models have none)")
     fields_ = [_plain(f) for f in (_get(mc, "fields") or [])]
     inputs = [f for f in fields_ if f.get("is_input", True)]
     genes = [f for f in inputs if f.get("tokenization_strategy") == "tokenize"]
@@ -91,10 +95,17 @@ def config_from_official(
         n = c.get("n_unique_values", c.get("output_size"))
         if n is None:
             raise CheckpointError(f"label column {c.get('label_column_name')!r} has no class count")
+        for flag in ("is_multilabel", "is_regression_label"):
+            if c.get(flag):
+                raise CheckpointError(
+                    f"label column {c['label_column_name']!r} has {flag}=True, which this "
+                    "implementation does not reproduce")
+        pos = c.get("decode_from")
         labels.append(LabelColumn(
             name=c["label_column_name"], n_classes=int(n),
             gradient_reversal_coefficient=c.get("gradient_reversal_coefficient"),
-            classifier_depth=int(c.get("classifier_depth", 1) or 1)))
+            classifier_depth=int(c.get("classifier_depth", 1) or 1),
+            decode_from=None if pos is None else int(pos)))
     hidden = int(_get(mc, "hidden_size", 768))
     common: dict[str, Any] = dict(
         vocab_size=int(g["vocab_size"]), hidden_size=hidden,
@@ -187,6 +198,23 @@ def _load_official_ckpt(ckpt: Path, *, name: str, source: str, device: Any) -> A
     return _attach(model, tokenizer=tok, label_dict=label_dict, card=card, device=device)
 
 
+def _official_metadata(folder: Path) -> dict[str, Any]:
+    """``hyper_parameters`` of ``checkpoint_metadata.json`` (vllm layout), or ``{}``.
+
+    The official conversion keeps the class names (``label_dict``) and the trainer settings
+    (``pooling_method``) only there, not in ``config.json``.
+    """
+    path = folder / "checkpoint_metadata.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc})") from None
+    hp = data.get("hyper_parameters") if isinstance(data, dict) else None
+    return hp if isinstance(hp, dict) else {}
+
+
 def _load_folder(folder: Path, *, name: str, source: str, device: Any) -> Any:
     from biomed_toolkit.core.weights import load_state_dict, read_safetensors
 
@@ -196,7 +224,9 @@ def _load_folder(folder: Path, *, name: str, source: str, device: Any) -> Any:
     with open(folder / "config.json") as fh:
         raw_cfg = json.load(fh)
     own = BmfmRnaConfig.is_own_format(raw_cfg)
-    cfg = BmfmRnaConfig.from_dict(raw_cfg) if own else config_from_official(raw_cfg, raw_cfg)
+    hp = {} if own else _official_metadata(folder)
+    cfg = (BmfmRnaConfig.from_dict(raw_cfg) if own
+           else config_from_official(raw_cfg, hp.get("trainer_config") or raw_cfg))
     model = BmfmRnaModel(cfg)
     tensors, _ = read_safetensors(folder / "model.safetensors")
     load_state_dict(model, _prepare_state_dict(tensors, model), source=str(folder / "model.safetensors"))
@@ -208,6 +238,8 @@ def _load_folder(folder: Path, *, name: str, source: str, device: Any) -> Any:
     if (folder / "label_dict.json").is_file():
         with open(folder / "label_dict.json") as fh:
             label_dict = json.load(fh)
+    elif hp.get("label_dict"):
+        label_dict = hp["label_dict"]
     elif not own and raw_cfg.get("label_dict"):
         label_dict = raw_cfg["label_dict"]
     card = _card(name, source, folder, cfg,

@@ -12,6 +12,7 @@ official weights load with a plain copy:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -567,13 +568,35 @@ class BmfmRnaModel(nn.Module):
             out[name] = y if mode == "token_scores" else y.squeeze(-1)
         return out
 
-    def classify(self, pooler_output: torch.Tensor, labels: Any = None) -> dict[str, torch.Tensor]:
-        """Label-head logits from the pooler output."""
+    def classify(
+        self,
+        last_hidden_state: torch.Tensor,
+        labels: Sequence[str] | None = None,
+        *,
+        pooler_output: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Label-head logits.
+
+        A head with ``decode_from`` (v2) reads the raw last hidden state at that position; the
+        others read the pooler output (computed here unless ``pooler_output`` is given).
+        """
         if self.cls.label_predictions is None:
             return {}
         decs = self.cls.label_predictions.predictions.label_decoders
         names = list(decs.keys()) if labels is None else list(labels)
-        return {n: decs[n](pooler_output) for n in names}
+        where = {c.name: c.decode_from for c in self.config.label_columns}
+        out = {}
+        for n in names:
+            pos = where[n]
+            if pos is None:
+                if pooler_output is None:
+                    pooler_output = self.pool(last_hidden_state)
+                if pooler_output is None:
+                    raise ValueError(f"label head {n!r} reads the pooler, but this model has none")
+                out[n] = decs[n](pooler_output)
+            else:
+                out[n] = decs[n](last_hidden_state[:, pos])
+        return out
 
     def forward(
         self,
@@ -610,8 +633,8 @@ class BmfmRnaModel(nn.Module):
                             output_hidden_states=output_hidden_states)
         pooled = self.pool(h)
         out = BmfmRnaOutput(last_hidden_state=h, pooler_output=pooled, hidden_states=hs)
-        if "labels" in heads and pooled is not None:
-            out.label_logits = self.classify(pooled)
+        if "labels" in heads:
+            out.label_logits = self.classify(h, pooler_output=pooled)
         if "wced" in heads:
             out.wced = self.decode_wced(h[:, 0])
         if "mlm" in heads:

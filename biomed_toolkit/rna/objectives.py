@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from biomed_toolkit.core.errors import InputError
 
-from .tokenize import CLS_ID, MASK_ID, PAD_ID, SEP_ID, special_value
+from .tokenize import CLS_ID, MASK_ID, PAD_ID, SEP_ID, special_value, special_values
 
 __all__ = ["CellDataset", "PretrainingCollator", "RnaPretrainingModule", "focal_loss"]
 
@@ -131,7 +131,7 @@ class PretrainingCollator:
         genes = np.full((b, self.max_length), PAD_ID, dtype=np.int64)
         expr = np.full((b, self.max_length), special_value(PAD_ID), dtype=np.float32)
         genes[:, :n_cls] = self.cls_ids
-        expr[:, :n_cls] = special_value(CLS_ID)
+        expr[:, :n_cls] = special_values(self.cls_ids)
         lengths = np.zeros(b, dtype=np.int64)
         wced = np.full((b, self.vocab_size), -100.0, dtype=np.float32) if self.wced else None
         in_input = np.zeros((b, self.vocab_size), dtype=bool) if self.wced else None

@@ -40,8 +40,10 @@ PICKLE_CLASSES: list[str] = [
     "bmfm_targets.config.training_config.TrainerConfig",
     # v2 (LLaMA-style) checkpoints
     "bmfm_targets.models.predictive.llama.config.LlamaForMultiTaskConfig",
-    "bmfm_targets.models.common.llama.constants.AttentionKind",
 ]
+
+#: str Enums pickled beside them as a call with their value (v2: ``AttentionKind("flex")``).
+PICKLE_ENUMS: list[str] = ["bmfm_targets.models.common.llama.constants.AttentionKind"]
 
 #: Attribute renames the official classes apply to state written by their older versions.
 LEGACY_RENAMES: dict[str, dict[str, str]] = {

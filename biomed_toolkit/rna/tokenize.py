@@ -7,7 +7,8 @@ The layout and arithmetic follow the official BMFM-RNA inference pipeline exactl
 * genes are kept when in the vocabulary (and protein-coding, the default ``limit_genes``);
 * value ``log1p(count / (sum + 1) * 1e4)`` in float64, the sum over the kept genes of the cell,
   before truncation;
-* special positions carry ``-(token_id + 1)`` in the value stream (CLS -4, SEP -2, PAD -3).
+* special positions carry ``-(token_id + 1)`` in the value stream (CLS -4, SEP -2, PAD -3; the
+  extra CLS tokens of v2 each their own code, ``[CLS_0]`` -6 .. ``[CLS_3]`` -9).
 
 Encoding works on whole CSR chunks with numpy (no per-gene Python loop).
 """
@@ -61,6 +62,15 @@ _ORDERS = ("official", "random", "rank")
 def special_value(token_id: int) -> float:
     """Value written in the expression stream for a special token: ``-(token_id + 1)``."""
     return -float(token_id + 1)
+
+
+def special_values(token_ids: Sequence[int]) -> np.ndarray:
+    """float32 expression codes of several special tokens, each its own ``-(id + 1)``.
+
+    The leading CLS tokens of v2 models (``[CLS] [CLS_0] .. [CLS_3]``, ids 3, 5-8) carry
+    -4, -6, -7, -8, -9, as the official tokenizer writes them (not -4 five times).
+    """
+    return -(np.asarray(token_ids, dtype=np.float32) + 1)
 
 
 @functools.cache
@@ -755,7 +765,7 @@ def _numba_kernels() -> Any:
                 expr[r, k] = -3.0
 
     @numba.njit(cache=True, nogil=True)
-    def fill(indptr, indices, data, col2tok, counts, max_genes, cls_ids, cls_value, add_sep,
+    def fill(indptr, indices, data, col2tok, counts, max_genes, cls_ids, cls_values, add_sep,
              order, seed_key, cell_offset, genes, expr, lengths):  # pragma: no cover
         n_cls = len(cls_ids)
         max_nnz = 0
@@ -797,7 +807,7 @@ def _numba_kernels() -> Any:
                 perm = np.argsort(-buf_val[:c], kind="mergesort")
             for k in range(n_cls):
                 genes[r, k] = cls_ids[k]
-                expr[r, k] = cls_value
+                expr[r, k] = cls_values[k]
             denom = total + 1.0
             for k in range(m):
                 p = k if order == 0 else perm[k]
@@ -859,7 +869,7 @@ def encode_csr(
         expr = np.empty((n, max_length), dtype=np.float32)
         seed_key = _mix64(np.asarray([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))[0]
         fill(csr.indptr, csr.indices, csr.data, col2tok, counts, max_genes,
-             np.asarray(cls_ids, dtype=np.int64), np.float32(special_value(CLS_ID)), bool(add_sep),
+             np.asarray(cls_ids, dtype=np.int64), special_values(cls_ids), bool(add_sep),
              _ORDERS.index(order), seed_key, int(cell_offset), genes, expr, lengths)
         if padding == "max_length":
             width = max_length
@@ -910,9 +920,8 @@ def encode_csr(
         raise InputError(f"padding must be 'longest' or 'max_length', got {padding!r}")
     genes = np.full((n, width), PAD_ID, dtype=np.int64)
     expr = np.full((n, width), special_value(PAD_ID), dtype=np.float32)
-    for k, cid in enumerate(cls_ids):
-        genes[:, k] = cid
-        expr[:, k] = special_value(CLS_ID)
+    genes[:, :n_cls] = np.asarray(cls_ids, dtype=np.int64)
+    expr[:, :n_cls] = special_values(cls_ids)
     flat = rows * width + n_cls + pos
     genes.ravel()[flat] = tok
     expr.ravel()[flat] = norm

@@ -169,7 +169,8 @@ def test_planted_v2_folder_loads_and_runs(tmp_path):
     enc = rna.encode_cells(cells(), m)
     cls_ids = [3] + [tok.token_id(f"[CLS_{k}]") for k in range(4)]
     assert (enc.genes[:, :5] == np.asarray(cls_ids)).all()
-    assert (enc.expressions[:, :5] == -4.0).all()
+    # each CLS token carries its own code -(id + 1), as the official v2 tokenizer writes it
+    assert (enc.expressions[:, :5] == -(np.asarray(cls_ids, dtype=np.float32) + 1)).all()
     X, _ = rna.embed_cells(m, cells(), progress=False)
     with torch.no_grad():
         out = ref(**enc.to_torch(), heads=("labels", "wced"))
