@@ -708,13 +708,52 @@ def _round_up(x: int, m: int) -> int:
     return ((x + m - 1) // m) * m if m > 1 else x
 
 
+def _use_writable_numba_cache(numba: Any) -> None:
+    """Send numba's on-disk cache to ``bt.settings.cache_dir / "numba"`` if ours is read-only.
+
+    numba caches next to the source (``__pycache__``); in a read-only site-packages that fails, so
+    the compiled kernels would be rebuilt in every kernel and worker. A user's ``NUMBA_CACHE_DIR``
+    wins. Must run before the ``cache=True`` functions are decorated (numba picks the folder then).
+    """
+    import os
+    import tempfile
+
+    if numba.config.CACHE_DIR:
+        return
+    pycache = Path(__file__).resolve().parent / "__pycache__"
+    try:
+        pycache.mkdir(exist_ok=True)
+        with tempfile.TemporaryFile(dir=pycache):
+            return
+    except OSError:
+        pass
+    from biomed_toolkit.core.settings import settings
+
+    folder = settings.cache_dir / "numba"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:  # pragma: no cover - numba falls back to its user-wide cache folder
+        return
+    numba.config.CACHE_DIR = os.fspath(folder)
+    # worker processes started with "spawn" read the same folder
+    os.environ.setdefault("NUMBA_CACHE_DIR", os.fspath(folder))
+
+
 @functools.cache
 def _numba_kernels() -> Any:
-    """JIT-compiled per-row encoder (one pass over the stored entries); None without numba."""
+    """JIT-compiled per-row encoder (one pass over the stored entries); None without numba.
+
+    The kernels are cached on disk (``cache=True``): a new kernel or worker process loads them
+    instead of compiling (about 4 s). The helpers ``mix`` and ``key_order`` are bound as module
+    globals, not closure cells: numba keys its cache on the pickled closure, and a jitted function
+    pickles with a per-process id, so a closure over them would miss the cache in every process.
+    """
+    global mix, key_order
     try:
         import numba
     except ImportError:  # pragma: no cover - numba ships with scanpy
         return None
+    _use_writable_numba_cache(numba)
 
     @numba.njit(cache=True, nogil=True)
     def mix(x):  # pragma: no cover - compiled
