@@ -48,9 +48,11 @@ def dicom_test_file(name: str) -> Path:
     else:
         err = None
     if path is None:
+        from biomed_toolkit._extras import install_command
+
         raise InputError(
             f"DICOM test file {name!r} is not installed ({err or 'not found'}); "
-            "install it with: pip install pydicom-data"
+            f"install it with: {install_command('pydicom_data')}"
         )
     return Path(path)
 
