@@ -43,6 +43,7 @@ class ModelSpec:
     files: tuple[str, ...] = ()  # what a local copy must hold (shown in offline errors)
     sha256: dict[str, str] = field(default_factory=dict)
     default: bool = False
+    verified: str = ""  # what was checked against the official code (fixture, outputs); "" = nothing
 
     @property
     def path(self) -> Path | None:
@@ -232,7 +233,8 @@ def _is_cached(spec: ModelSpec) -> bool:
 
 
 def list_models(family: str | None = None) -> Any:
-    """Registered models as a DataFrame: name, family, task, parameters, source, location, cached.
+    """Registered models as a DataFrame: name, family, task, parameters, source, location, cached,
+    verified (what was checked against the official code: fixture and outputs), description.
 
     Examples
     --------
@@ -254,10 +256,12 @@ def list_models(family: str | None = None) -> Any:
                 "source": spec.source,
                 "location": spec.hub_id or f"biomed_toolkit/_models/{spec.folder}",
                 "cached": _is_cached(spec),
+                "verified": spec.verified,
                 "description": spec.description,
             }
         )
-    return pd.DataFrame(rows, columns=["name", "family", "task", "parameters", "source", "location", "cached", "description"])
+    return pd.DataFrame(rows, columns=["name", "family", "task", "parameters", "source", "location", "cached",
+                                       "verified", "description"])
 
 
 def write_manifest(

@@ -1,20 +1,32 @@
-"""Configuration of BMFM-RNA models (v1 SCBert-like and v2 LLaMA-like), JSON round-trippable."""
+"""Configuration of BMFM-RNA models (v1 SCBert-like and v2 LLaMA-like).
+
+The JSON round trip (``to_dict``, ``from_dict``, ``to_json_file``, ``from_json_file``) is
+:class:`biomed_toolkit.core.config.BaseConfig`'s; this module declares the fields, their option
+strings and the checks of a valid architecture.
+"""
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Literal
 
+from biomed_toolkit.core.config import BaseConfig, UnknownKeys
 from biomed_toolkit.core.errors import CheckpointError
 
-__all__ = ["BmfmRnaConfig", "LabelColumn"]
+__all__ = ["BmfmRnaConfig", "ExpressionEncoder", "LabelColumn", "Pooling", "Variant",
+           "llama_mlp_size"]
 
-_MODEL_TYPE = "biomed_toolkit.bmfm_rna"
-_VARIANTS = ("v1", "v2")
-_ENCODERS = ("mlp_with_special_token_embedding", "scale_adapt")
+#: Architecture family: ``"v1"`` post-LN BERT, ``"v2"`` pre-RMSNorm LLaMA-like.
+Variant = Literal["v1", "v2"]
+#: Expression encoders of the released checkpoints.
+ExpressionEncoder = Literal["mlp_with_special_token_embedding", "scale_adapt"]
+#: Cell embedding: raw CLS state, tanh pooler on it, or mean over the gene positions.
+Pooling = Literal["first_token", "pooler", "mean"]
+
+_VARIANTS: tuple[str, ...] = Variant.__args__
+_ENCODERS: tuple[str, ...] = ExpressionEncoder.__args__
+_POOLINGS: tuple[str, ...] = Pooling.__args__
 _MLM_MODES = ("token_scores", "regression", "is_zero")
 
 
@@ -39,7 +51,7 @@ class LabelColumn:
 
 
 @dataclass
-class BmfmRnaConfig:
+class BmfmRnaConfig(BaseConfig):
     """Architecture and heads of a BMFM-RNA model.
 
     ``variant="v1"``: post-LN BERT (biases, GELU, LayerNorm). ``variant="v2"``: pre-RMSNorm
@@ -58,7 +70,11 @@ class BmfmRnaConfig:
     True
     """
 
-    variant: str = "v1"
+    model_type: ClassVar[str | None] = "biomed_toolkit.bmfm_rna"
+    unknown_keys: ClassVar[UnknownKeys] = "error"
+    nested: ClassVar[dict[str, type]] = {"label_columns": LabelColumn}
+
+    variant: Variant = "v1"
     vocab_size: int = 19_288
     hidden_size: int = 768
     num_hidden_layers: int = 12
@@ -72,14 +88,14 @@ class BmfmRnaConfig:
     classifier_dropout: float = 0.1
     pad_token_id: int = 2
     num_special_tokens: int = 5
-    expression_encoder: str = "mlp_with_special_token_embedding"
+    expression_encoder: ExpressionEncoder = "mlp_with_special_token_embedding"
     expression_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
     expression_hidden_size: int = 128
     n_cls_tokens: int = 1
     decode_modes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     label_columns: list[LabelColumn] = field(default_factory=list)
     add_pooling_layer: bool = True
-    pooling: str = "first_token"
+    pooling: Pooling = "first_token"
     limit_genes: str | None = "protein_coding"
     gene_field: str = "genes"
     expression_field: str = "expressions"
@@ -91,6 +107,8 @@ class BmfmRnaConfig:
             raise CheckpointError(
                 f"expression_encoder {self.expression_encoder!r} not supported ({_ENCODERS})"
             )
+        if self.pooling not in _POOLINGS:
+            raise CheckpointError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointError("hidden_size must be a multiple of num_attention_heads")
         self.label_columns = [
@@ -155,41 +173,6 @@ class BmfmRnaConfig:
     @property
     def label_names(self) -> list[str]:
         return [c.name for c in self.label_columns]
-
-    # serialisation -------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        out = {"model_type": _MODEL_TYPE}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "label_columns":
-                value = [c.to_dict() for c in value]
-            out[f.name] = value
-        return json.loads(json.dumps(out))
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BmfmRnaConfig:
-        data = dict(data)
-        mt = data.pop("model_type", _MODEL_TYPE)
-        if mt != _MODEL_TYPE:
-            raise CheckpointError(f"config model_type {mt!r} is not {_MODEL_TYPE!r}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise CheckpointError(f"unknown BmfmRnaConfig keys {unknown}")
-        return cls(**data)
-
-    @classmethod
-    def is_own_format(cls, data: dict[str, Any]) -> bool:
-        return data.get("model_type") == _MODEL_TYPE
-
-    def to_json_file(self, path: str | Path) -> None:
-        with open(path, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json_file(cls, path: str | Path) -> BmfmRnaConfig:
-        with open(path) as fh:
-            return cls.from_dict(json.load(fh))
 
 
 def llama_mlp_size(hidden: int) -> int:

@@ -1,10 +1,15 @@
-"""Loading and saving BMFM-RNA models: official v1 ``.ckpt``, official v2 folders, our own folders.
+"""Official BMFM-RNA layouts, read into :class:`~biomed_toolkit.rna.modeling.BmfmRnaModel`.
 
-* official v1: a Lightning ``.ckpt`` (read only through ``core.safe_pickle.load_checkpoint``) with
-  ``tokenizers/<field>/`` next to it; the path may be the file or its folder;
-* official v2 ("vllm" repos): ``config.json`` (official field/label layout) + ``model.safetensors``;
-* ours: ``config.json`` (``model_type = biomed_toolkit.bmfm_rna``) + ``model.safetensors`` +
-  ``tokenizers/`` + ``label_dict.json``, as written by :func:`save_pretrained`.
+* a Lightning ``.ckpt`` (v1 and v2; read only through the restricted unpickler of
+  ``core.safe_pickle``) with ``tokenizers/<field>/`` next to it; the path may be the file or its
+  folder;
+* a converted v2 ("vllm") folder: ``config.json`` (official field/label layout) +
+  ``model.safetensors`` + ``checkpoint_metadata.json`` (class names, trainer settings) +
+  ``tokenizers/``.
+
+Our own folders (``config.json`` with ``model_type = biomed_toolkit.bmfm_rna``) are read by
+:meth:`BmfmRnaModel.from_pretrained` itself (``core.model.BaseModel``); this module adds only
+what lives beside their weights (:func:`read_extras` / :func:`write_extras`).
 
 State-dict names are the official ones, so weights are copied without renaming (only the
 Lightning ``model.`` prefix is stripped).
@@ -14,36 +19,51 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import torch
 
 from biomed_toolkit.core.errors import CheckpointError
 from biomed_toolkit.core.log import get_logger
+from biomed_toolkit.core.model import CONFIG_NAME, WEIGHTS_NAME
+from biomed_toolkit.core.safe_pickle import PlainConfig
 
-from .configuration import BmfmRnaConfig, LabelColumn, llama_mlp_size
+from .configuration import BmfmRnaConfig, LabelColumn, Variant, llama_mlp_size
+from .modeling import BmfmRnaModel
+from .registry import UNREPRODUCIBLE
+from .tokenize import GeneTokenizer
 
-__all__ = ["config_from_official", "load", "save_pretrained"]
+if TYPE_CHECKING:  # pragma: no cover
+    from biomed_toolkit.core.hub import ResolvedModel
+
+__all__ = ["config_from_official", "load", "load_official", "read_extras", "write_extras"]
 
 log = get_logger(__name__)
 
-FAMILY = "bmfm-rna"
+#: An official config as pickled (a PlainConfig stand-in) or as JSON (a dict).
+OfficialConfig = Mapping[str, Any] | PlainConfig
+
+LABEL_DICT_NAME = "label_dict.json"
 _POOLING = {"first_token": "first_token", "pooling_layer": "pooler", "mean_pooling": "mean",
             "pooler": "pooler", "mean": "mean"}
 _SUPPORTED_MODES = ("token_scores", "regression", "is_zero", "wced")
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if isinstance(obj, dict):
+def _get(obj: OfficialConfig | None, key: str, default: Any = None) -> Any:
+    if isinstance(obj, Mapping):
         return obj.get(key, default)
     return getattr(obj, key, default)
 
 
 def _plain(obj: Any) -> Any:
-    return obj.to_dict() if hasattr(obj, "to_dict") and not isinstance(obj, dict) else obj
+    return obj.to_dict() if isinstance(obj, PlainConfig) else obj
 
 
 def config_from_official(
-    model_config: Any, trainer_config: Any = None, *, variant: str | None = None
+    model_config: OfficialConfig, trainer_config: OfficialConfig | None = None, *,
+    variant: Variant | None = None,
 ) -> BmfmRnaConfig:
     """Translate an official model config (pickled SCBertConfig/LlamaConfig state or a
     config.json dict) into a :class:`BmfmRnaConfig`.
@@ -139,9 +159,10 @@ def config_from_official(
     return cfg
 
 
-def _prepare_state_dict(sd: dict[str, Any], model: Any) -> dict[str, Any]:
+def official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official state-dict names -> ours: strip Lightning's ``model.``, nest MLM-only heads."""
     out = {}
-    for k, v in sd.items():
+    for k, v in state_dict.items():
         if k.startswith("model."):
             k = k[len("model."):]
         # MLM-only official models hold the LM head directly under cls.predictions
@@ -153,30 +174,47 @@ def _prepare_state_dict(sd: dict[str, Any], model: Any) -> dict[str, Any]:
     return out
 
 
-def _attach(model: Any, *, tokenizer: Any, label_dict: dict, card: Any, device: Any) -> Any:
-    from biomed_toolkit.core.device import resolve_device
+def _refuse_unreproducible(path: Path, resolved: ResolvedModel | None) -> None:
+    """Registered checkpoints whose inputs this implementation cannot build exactly."""
+    spec = resolved.spec if resolved is not None else None
+    text = os.fspath(path)
+    for hub_id, reason in UNREPRODUCIBLE.items():
+        repo = hub_id.rsplit("/", 1)[-1]
+        if (spec is not None and spec.hub_id == hub_id) or repo in Path(text).parts or \
+                hub_id.replace("/", "--") in text:
+            raise CheckpointError(f"{hub_id} cannot be loaded: {reason}")
 
-    model.tokenizer = tokenizer
-    tokenizer.n_cls_tokens = model.config.n_cls_tokens
+
+def _attach_tokenizer(model: BmfmRnaModel, tok: GeneTokenizer, where: Path) -> None:
+    if tok.vocab_size != model.config.vocab_size:
+        raise CheckpointError(
+            f"tokenizer in {where} has {tok.vocab_size} genes but the model expects "
+            f"{model.config.vocab_size}: the tokenizers/ folder belongs to another checkpoint")
+    tok.n_cls_tokens = model.config.n_cls_tokens
+    model.tokenizer = tok
+
+
+def _set_label_dict(model: BmfmRnaModel, label_dict: Mapping[str, Mapping[str, int]] | None) -> None:
     model.label_dict = {k: {str(n): int(i) for n, i in v.items()} for k, v in (label_dict or {}).items()}
-    model.card = card
-    model.pooling = model.config.pooling
-    return model.to(resolve_device(device)).eval()
 
 
-def _card(name: str, source: str, path: Path, cfg: BmfmRnaConfig, **extra: Any) -> Any:
-    from biomed_toolkit.core.hub import make_card
+def _official_model(cls: type[BmfmRnaModel], cfg: BmfmRnaConfig, state_dict: Mapping[str, torch.Tensor],
+                    *, weights: Path, tokenizers: Path, label_dict: Mapping | None,
+                    resolved: ResolvedModel, fmt: str, **card_extra: Any) -> BmfmRnaModel:
+    from biomed_toolkit.core import hub
 
-    task = "WCED + multitask" if cfg.wced else ("MLM" if cfg.mlm_decoders else "encoder")
-    return make_card(name, FAMILY, source, path, config=cfg.to_dict(), task=task, **extra)
+    model = cls(cfg)
+    model.load_weights(official_state_dict(state_dict), source=str(weights))
+    _attach_tokenizer(model, GeneTokenizer.from_pretrained(tokenizers), tokenizers)
+    _set_label_dict(model, label_dict)
+    model.card = hub.make_card(resolved.name, cls.family, resolved.source, weights,
+                               config=cfg.to_dict(), task=model.task_description(), format=fmt,
+                               **card_extra)
+    return model
 
 
-def _load_official_ckpt(ckpt: Path, *, name: str, source: str, device: Any) -> Any:
+def _from_ckpt(cls: type[BmfmRnaModel], ckpt: Path, resolved: ResolvedModel) -> BmfmRnaModel:
     from biomed_toolkit.core.safe_pickle import load_checkpoint
-    from biomed_toolkit.core.weights import load_state_dict
-
-    from .modeling import BmfmRnaModel
-    from .tokenize import GeneTokenizer
 
     raw = load_checkpoint(ckpt)
     hp = raw.get("hyper_parameters") or {}
@@ -185,17 +223,10 @@ def _load_official_ckpt(ckpt: Path, *, name: str, source: str, device: Any) -> A
             f"{ckpt} is not an official BMFM-RNA training checkpoint (needs state_dict and "
             "hyper_parameters['model_config'])")
     cfg = config_from_official(hp["model_config"], hp.get("trainer_config"))
-    model = BmfmRnaModel(cfg)
-    load_state_dict(model, _prepare_state_dict(raw["state_dict"], model), source=str(ckpt))
-    tok = GeneTokenizer.from_pretrained(ckpt.parent)
-    if tok.vocab_size != cfg.vocab_size:
-        raise CheckpointError(
-            f"tokenizer next to {ckpt} has {tok.vocab_size} genes but the model expects "
-            f"{cfg.vocab_size}: the tokenizers/ folder belongs to another checkpoint")
-    label_dict = {k: dict(v) for k, v in (hp.get("label_dict") or {}).items()}
-    card = _card(name, source, ckpt, cfg, format="official v1 lightning ckpt",
-                 global_step=raw.get("global_step"))
-    return _attach(model, tokenizer=tok, label_dict=label_dict, card=card, device=device)
+    return _official_model(cls, cfg, raw["state_dict"], weights=ckpt, tokenizers=ckpt.parent,
+                           label_dict=hp.get("label_dict"), resolved=resolved,
+                           fmt=f"official {cfg.variant} lightning ckpt",
+                           global_step=raw.get("global_step"))
 
 
 def _official_metadata(folder: Path) -> dict[str, Any]:
@@ -215,49 +246,86 @@ def _official_metadata(folder: Path) -> dict[str, Any]:
     return hp if isinstance(hp, dict) else {}
 
 
-def _load_folder(folder: Path, *, name: str, source: str, device: Any) -> Any:
-    from biomed_toolkit.core.weights import load_state_dict, read_safetensors
+def _from_converted_folder(cls: type[BmfmRnaModel], folder: Path,
+                           resolved: ResolvedModel) -> BmfmRnaModel:
+    from biomed_toolkit.core.weights import read_safetensors
 
-    from .modeling import BmfmRnaModel
-    from .tokenize import GeneTokenizer
-
-    with open(folder / "config.json") as fh:
-        raw_cfg = json.load(fh)
-    own = BmfmRnaConfig.is_own_format(raw_cfg)
-    hp = {} if own else _official_metadata(folder)
-    cfg = (BmfmRnaConfig.from_dict(raw_cfg) if own
-           else config_from_official(raw_cfg, hp.get("trainer_config") or raw_cfg))
-    model = BmfmRnaModel(cfg)
-    tensors, _ = read_safetensors(folder / "model.safetensors")
-    load_state_dict(model, _prepare_state_dict(tensors, model), source=str(folder / "model.safetensors"))
-    tok = GeneTokenizer.from_pretrained(folder)
-    if tok.vocab_size != cfg.vocab_size:
-        raise CheckpointError(
-            f"tokenizer in {folder} has {tok.vocab_size} tokens, the model expects {cfg.vocab_size}")
-    label_dict: dict = {}
-    if (folder / "label_dict.json").is_file():
-        with open(folder / "label_dict.json") as fh:
-            label_dict = json.load(fh)
-    elif hp.get("label_dict"):
-        label_dict = hp["label_dict"]
-    elif not own and raw_cfg.get("label_dict"):
-        label_dict = raw_cfg["label_dict"]
-    card = _card(name, source, folder, cfg,
-                 format="biomed_toolkit folder" if own else "official v2 config.json + safetensors")
-    return _attach(model, tokenizer=tok, label_dict=label_dict, card=card, device=device)
+    raw_cfg = json.loads((folder / CONFIG_NAME).read_text())
+    hp = _official_metadata(folder)
+    cfg = config_from_official(raw_cfg, hp.get("trainer_config") or raw_cfg)
+    tensors, _ = read_safetensors(folder / WEIGHTS_NAME)
+    label_dict = hp.get("label_dict") or raw_cfg.get("label_dict")
+    return _official_model(cls, cfg, tensors, weights=folder / WEIGHTS_NAME, tokenizers=folder,
+                           label_dict=label_dict, resolved=resolved,
+                           fmt="official v2 config.json + safetensors")
 
 
-def load(name_or_path: str | os.PathLike | None = None, *, device: Any = "auto") -> Any:
-    """Load a BMFM-RNA model with its tokenizer, label dictionary and model card.
+def load_official(cls: type[BmfmRnaModel], path: Path, resolved: ResolvedModel) -> BmfmRnaModel:
+    """Read an official layout (the ``BaseModel._load_official`` hook of :class:`BmfmRnaModel`).
+
+    Raises
+    ------
+    CheckpointError
+        For files that hold no BMFM-RNA model, a tokenizer that does not fit the weights, or a
+        registered checkpoint whose inputs cannot be reproduced (see ``registry.UNREPRODUCIBLE``).
+    """
+    _refuse_unreproducible(path, resolved)
+    if path.is_file():
+        if path.suffix != ".ckpt":
+            raise CheckpointError(f"{path}: expected a .ckpt file or a model folder")
+        return _from_ckpt(cls, path, resolved)
+    if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        return _from_converted_folder(cls, path, resolved)
+    ckpts = sorted(path.glob("*.ckpt"))
+    if ckpts:
+        pick = path / "last.ckpt" if (path / "last.ckpt").is_file() else ckpts[0]
+        if len(ckpts) > 1:
+            log.info(f"{path} holds {len(ckpts)} checkpoints; loading {pick.name}")
+        return _from_ckpt(cls, pick, resolved)
+    raise CheckpointError(
+        f"{path} holds no BMFM-RNA model: expected a .ckpt with tokenizers/, or config.json + "
+        f"model.safetensors + tokenizers/ (found: {sorted(p.name for p in path.iterdir())[:10]})")
+
+
+def read_extras(model: BmfmRnaModel, folder: Path) -> None:
+    """What :func:`write_extras` wrote beside the weights of our own folder."""
+    _attach_tokenizer(model, GeneTokenizer.from_pretrained(folder), folder)
+    path = folder / LABEL_DICT_NAME
+    _set_label_dict(model, json.loads(path.read_text()) if path.is_file() else {})
+    if any(p.name != WEIGHTS_NAME for p in folder.glob("*.safetensors")):
+        # fine-tuned label heads' extras (rna.training; imported only when present: Lightning)
+        from .training import load_label_extras
+
+        load_label_extras(model, folder)
+
+
+def write_extras(model: BmfmRnaModel, folder: Path) -> None:
+    """``tokenizers/``, ``label_dict.json`` and the fine-tuned label extras, beside the weights."""
+    if model.tokenizer is None:
+        raise CheckpointError("model.tokenizer is not set: attach a GeneTokenizer before saving")
+    model.tokenizer.save_pretrained(folder)
+    (folder / LABEL_DICT_NAME).write_text(json.dumps(model.label_dict or {}, indent=2, sort_keys=True))
+    if getattr(model, "label_extras", None):
+        from .training import save_label_extras
+
+        save_label_extras(model, folder)
+
+
+def load(name_or_path: str | os.PathLike | None = None, *,
+         device: str | torch.device | None = None) -> BmfmRnaModel:
+    """Load a BMFM-RNA model with its tokenizer, class names and model card.
+
+    The same as :meth:`BmfmRnaModel.from_pretrained <biomed_toolkit.core.model.BaseModel.from_pretrained>`.
 
     Parameters
     ----------
     name_or_path
         ``None`` for the embedded demo model; a registered name (``bt.hub.list_models("bmfm-rna")``),
-        a hub id, an official v1 ``.ckpt`` file or its folder, an official v2 folder
-        (config.json + model.safetensors + tokenizers/), or a :func:`save_pretrained` folder.
+        a hub id, an official ``.ckpt`` file (v1 or v2) or its folder, an official converted v2
+        folder (config.json + model.safetensors + checkpoint_metadata.json + tokenizers/), or a
+        ``save_pretrained`` folder.
     device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        ``None`` / ``"auto"`` follow ``bt.settings.device``; or ``"cpu"``, ``"cuda"``, ...
 
     Returns
     -------
@@ -271,49 +339,4 @@ def load(name_or_path: str | os.PathLike | None = None, *, device: Any = "auto")
     >>> model = bt.rna.load()  # doctest: +SKIP
     >>> model = bt.rna.load("path/to/ckpt/last.ckpt")  # doctest: +SKIP
     """
-    from biomed_toolkit.core import hub
-
-    if name_or_path is None:
-        spec = hub.default_model(FAMILY)
-        hub.verify_embedded(spec)
-        assert spec.path is not None
-        path, name, source = spec.path, spec.name, "embedded"
-    else:
-        res = hub.resolve(name_or_path, family=FAMILY)
-        path, name, source = Path(res.path), res.name, res.source
-    if path.is_file():
-        if path.suffix != ".ckpt":
-            raise CheckpointError(f"{path}: expected a .ckpt file or a model folder")
-        return _load_official_ckpt(path, name=name, source=source, device=device)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return _load_folder(path, name=name, source=source, device=device)
-    ckpts = sorted(path.glob("*.ckpt"))
-    if ckpts:
-        pick = path / "last.ckpt" if (path / "last.ckpt").is_file() else ckpts[0]
-        if len(ckpts) > 1:
-            log.info(f"{path} holds {len(ckpts)} checkpoints; loading {pick.name}")
-        return _load_official_ckpt(pick, name=name, source=source, device=device)
-    raise CheckpointError(
-        f"{path} holds no BMFM-RNA model: expected a .ckpt with tokenizers/, or config.json + "
-        f"model.safetensors + tokenizers/ (found: {sorted(p.name for p in path.iterdir())[:10]})")
-
-
-def save_pretrained(model: Any, directory: str | os.PathLike) -> Path:
-    """Write ``config.json``, ``model.safetensors``, ``tokenizers/`` and ``label_dict.json``.
-
-    :func:`load` on the folder gives back bit-identical weights.
-    """
-    from biomed_toolkit.core.weights import save_safetensors
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.config.pooling = getattr(model, "pooling", model.config.pooling)
-    model.config.to_json_file(directory / "config.json")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_safetensors(state, directory / "model.safetensors")
-    if model.tokenizer is None:
-        raise CheckpointError("model.tokenizer is not set: attach a GeneTokenizer before saving")
-    model.tokenizer.save_pretrained(directory)
-    with open(directory / "label_dict.json", "w") as fh:
-        json.dump(model.label_dict or {}, fh, indent=2, sort_keys=True)
-    return directory
+    return BmfmRnaModel.from_pretrained(name_or_path, device=device)

@@ -15,20 +15,30 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .configuration import BmfmRnaConfig
+from biomed_toolkit.core.errors import InputError
+from biomed_toolkit.core.model import BaseModel
 
-__all__ = ["BmfmRnaModel", "BmfmRnaOutput", "GradientReversal", "WcedOutput"]
+from .configuration import BmfmRnaConfig, Pooling
 
-_HEADS = ("labels", "wced", "mlm")
+if TYPE_CHECKING:  # pragma: no cover
+    from biomed_toolkit.core.hub import ResolvedModel
+
+    from .tokenize import GeneTokenizer
+
+__all__ = ["BmfmRnaModel", "BmfmRnaOutput", "GradientReversal", "Head", "WcedOutput"]
+
+#: Output heads ``forward`` can run.
+Head = Literal["labels", "wced", "mlm"]
+_HEADS: tuple[str, ...] = Head.__args__
 
 
-def _act(name: str) -> Any:
+def _act(name: str) -> nn.Module:
     if name == "gelu":
         return nn.GELU()  # exact erf form, as the official "gelu"
     if name in ("gelu_new", "gelu_pytorch_tanh"):
@@ -442,16 +452,27 @@ class BmfmRnaOutput:
         return self.last_hidden_state[:, 0]
 
 
-class BmfmRnaModel(nn.Module):
+class BmfmRnaModel(BaseModel):
     """BMFM-RNA encoder with its heads.
+
+    Loading and saving are :class:`~biomed_toolkit.core.model.BaseModel`'s
+    (``from_pretrained`` / ``save_pretrained``); official layouts are read by
+    :mod:`biomed_toolkit.rna.loading`.
 
     Parameters
     ----------
     config
         :class:`BmfmRnaConfig`.
 
-    Attributes set by :func:`biomed_toolkit.rna.load`: ``tokenizer`` (GeneTokenizer), ``card``
-    (``core.hub.ModelCard``), ``label_dict`` ({label: {class name: index}}), ``pooling``.
+    Attributes
+    ----------
+    tokenizer
+        :class:`~biomed_toolkit.rna.tokenize.GeneTokenizer` (set by loading).
+    label_dict
+        ``{label: {class name: index}}``.
+    pooling
+        Default cell embedding (``config.pooling``): ``"first_token"`` for WCED checkpoints,
+        ``"pooler"`` for MLM ones.
 
     Examples
     --------
@@ -465,28 +486,52 @@ class BmfmRnaModel(nn.Module):
     (1, 3, 16)
     """
 
+    config_class = BmfmRnaConfig
+    family = "bmfm-rna"
+    config: BmfmRnaConfig
+
     def __init__(self, config: BmfmRnaConfig) -> None:
-        super().__init__()
-        self.config = config
+        super().__init__(config)
         if config.variant == "v1":
             self.scbert = BertBackbone(config)
         else:
             self.core = LlamaBackbone(config)
         self.cls = Heads(config)
-        self.tokenizer: Any = None
-        self.card: Any = None
+        self.tokenizer: GeneTokenizer | None = None
         self.label_dict: dict[str, dict[str, int]] = {}
-        self.pooling: str = config.pooling
         self.init_weights()
 
     # structure -----------------------------------------------------------------------------
     @property
-    def backbone(self) -> nn.Module:
+    def backbone(self) -> BertBackbone | LlamaBackbone:
         return self.scbert if self.config.variant == "v1" else self.core
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
+    def pooling(self) -> Pooling:
+        """Default cell embedding; stored in (and saved with) ``config.pooling``."""
+        return self.config.pooling
+
+    @pooling.setter
+    def pooling(self, value: Pooling) -> None:
+        if value not in Pooling.__args__:
+            raise InputError(f"pooling must be one of {Pooling.__args__}, got {value!r}")
+        self.config.pooling = value
+
+    def task_description(self) -> str:
+        c = self.config
+        return "WCED + multitask" if c.wced else ("MLM" if c.mlm_decoders else "encoder")
+
+    def lora_targets(self) -> list[str]:
+        """Attention projections LoRA adapts (v1: query/value, v2: the fused c_attn)."""
+        return ["query", "value"] if self.config.variant == "v1" else ["c_attn"]
+
+    def _freeze_patterns(self, n_blocks: int) -> list[str]:
+        names = {id(m): n for n, m in self.named_modules()}
+        bb = self.backbone
+        if not 0 < n_blocks <= len(bb.blocks):
+            raise InputError(f"freeze={n_blocks}: the model has {len(bb.blocks)} layers")
+        blocks = names[id(bb.blocks)]
+        return [f"{names[id(bb.input_embeddings)]}.*", *[f"{blocks}.{i}.*" for i in range(n_blocks)]]
 
     def init_weights(self, std: float = 0.02) -> None:
         """BERT-style init: N(0, std) weights, zero biases, unit norms; PAD rows zero."""
@@ -604,7 +649,7 @@ class BmfmRnaModel(nn.Module):
         expressions: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
-        heads: Any = "default",
+        heads: Literal["default", "all"] | Head | Sequence[Head] | None = "default",
         output_hidden_states: bool = False,
     ) -> BmfmRnaOutput:
         """Encode cells and run the requested heads.
@@ -641,19 +686,24 @@ class BmfmRnaModel(nn.Module):
             out.mlm_logits = self.decode_mlm(h)
         return out
 
-    # persistence ---------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write config.json, model.safetensors, tokenizers/ and label_dict.json."""
-        from .loading import save_pretrained
-
-        return save_pretrained(self, directory)
-
+    # persistence (BaseModel hooks) -----------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, device: Any = "auto") -> BmfmRnaModel:
-        """Same as :func:`biomed_toolkit.rna.load`."""
-        from .loading import load
+    def _load_official(cls, path: Path, resolved: ResolvedModel) -> Self:
+        """An official layout: a Lightning ``.ckpt`` or a converted ("vllm") folder."""
+        from .loading import load_official
 
-        return load(name_or_path, device=device)
+        return load_official(cls, path, resolved)
+
+    def _load_extras(self, folder: Path) -> None:
+        """Tokenizer (``tokenizers/``), class names (``label_dict.json``), fine-tuned label extras."""
+        from .loading import read_extras
+
+        read_extras(self, folder)
+
+    def _save_extras(self, folder: Path) -> None:
+        from .loading import write_extras
+
+        write_extras(self, folder)
 
     def extra_repr(self) -> str:
         c = self.config

@@ -11,7 +11,7 @@ import torch
 
 import biomed_toolkit.rna as rna
 
-TOL = 1e-4
+TOL = 1e-5  # measured: <= 2.2e-6 (WCED), see registry "verified"
 
 
 @pytest.fixture(scope="module")

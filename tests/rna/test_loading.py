@@ -242,3 +242,74 @@ def test_embeddings_are_chunk_invariant_with_random_order_and_truncation(demo):
     X3, _ = rna.embed_cells(demo, pbmc, chunk_size=120, order="random", seed=8, max_length=64,
                             progress=False)
     assert not np.allclose(X1, X3)  # the seed decides which genes survive truncation
+
+
+def _link_v1_fixture(folder, fixtures_dir):
+    src = fixtures_dir / "bmfm_rna_official_tiny" / "ckpt"
+    if not src.is_dir():
+        pytest.skip("bmfm_rna_official_tiny fixture absent")
+    folder.mkdir(parents=True)
+    (folder / "last.ckpt").symlink_to(src / "last.ckpt")
+    (folder / "tokenizers").symlink_to(src / "tokenizers")
+    return folder
+
+
+def test_read_depth_aware_checkpoint_is_refused(tmp_path, fixtures_dir, monkeypatch):
+    """A loadable checkpoint is refused when it is the rda one: its [S]/[T] inputs are unknown."""
+    import biomed_toolkit as bt
+    from biomed_toolkit.core import hub
+    from biomed_toolkit.rna.registry import UNREPRODUCIBLE
+
+    rda = "ibm-research/biomed.rna.bert.110m.mlm.rda.v1"
+    assert rda in UNREPRODUCIBLE
+    ok = _link_v1_fixture(tmp_path / "any_name", fixtures_dir)
+    assert isinstance(rna.load(ok, device="cpu"), BmfmRnaModel)
+    monkeypatch.setattr(bt.settings, "cache_dir", tmp_path / "cache")
+    cached = _link_v1_fixture(hub._hub_cache_folder(rda), fixtures_dir)
+    for name in ("bmfm-rna-v1-mlm-rda", rda, cached):
+        with pytest.raises(CheckpointError, match=r"\[S\].*\[T\]"):
+            rna.load(name, device="cpu")
+    row = bt.hub.list_models("bmfm-rna").set_index("name").loc["bmfm-rna-v1-mlm-rda"]
+    assert row["verified"].startswith("refused")
+
+
+def test_list_models_says_what_is_verified():
+    import biomed_toolkit as bt
+    from biomed_toolkit.rna.registry import MODELS
+
+    df = bt.hub.list_models("bmfm-rna").set_index("name")
+    assert "verified" in df.columns
+    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    for spec in MODELS:
+        text = df.loc[spec.name, "verified"]
+        assert text == spec.verified and text, spec.name
+        if "fixture" in text.split(":")[0] or text.startswith("bmfm_rna"):
+            fixture, test_file = text.split(" ")[0], text.rsplit("(", 1)[-1].rstrip(")")
+            assert fixture.startswith("bmfm_rna") and (repo / test_file).is_file(), text
+    proven = {n for n, t in df["verified"].items() if t.startswith("bmfm_rna")}
+    assert proven == {"bmfm-rna-v1-wced-multitask", "bmfm-rna-v2-wced-multitask"}
+
+
+def test_load_is_the_model_class_from_pretrained(tmp_path):
+    ref, _ = make_v2_folder(tmp_path / "v2")
+    a = rna.load(tmp_path / "v2", device="cpu")
+    b = BmfmRnaModel.from_pretrained(tmp_path / "v2", device="cpu")
+    assert type(a) is type(b) is BmfmRnaModel and a.config == b.config
+    assert a.card.extra["format"] == "official v2 config.json + safetensors"
+    folder = a.save_pretrained(tmp_path / "ours")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "label_dict.json",
+                                                        "model.safetensors", "tokenizers"]
+    back = BmfmRnaModel.from_pretrained(folder, device="cpu")
+    assert back.card.extra["format"] == "biomed_toolkit folder"
+    assert back.label_dict == a.label_dict and back.pooling == a.pooling
+    # pooling lives in the config, so it is saved with it
+    back.pooling = "pooler"
+    assert back.config.pooling == "pooler"
+    with pytest.raises(Exception, match="pooling must be one of"):
+        back.pooling = "cls"
+    # our own format keeps refusing unknown keys
+    data = json.loads((folder / "config.json").read_text())
+    data["not_a_field"] = 1
+    (folder / "config.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match="not_a_field"):
+        BmfmRnaModel.from_pretrained(folder, device="cpu")
