@@ -8,17 +8,27 @@ AnnData, dense arrays and CSC matrices all behave the same, and so that count va
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 import scipy.sparse as sp
 
 from biomed_toolkit.core.errors import InputError
 
+if TYPE_CHECKING:  # pragma: no cover
+    import h5py
+    from anndata import AnnData
+    from anndata.abc import CSCDataset, CSRDataset
+
+    #: A cells x genes count matrix: dense, scipy sparse, or a backed AnnData dataset.
+    CountMatrix: TypeAlias = np.ndarray | sp.spmatrix | sp.sparray | h5py.Dataset | CSRDataset | CSCDataset
+    #: AnnData (in memory or backed) or a bare count matrix.
+    CountData: TypeAlias = AnnData | CountMatrix
+
 __all__ = ["check_counts", "get_matrix", "iter_csr_chunks", "n_rows", "row_block", "to_csr"]
 
 
-def get_matrix(adata: Any, layer: str | None = None) -> Any:
+def get_matrix(adata: CountData, layer: str | None = None) -> CountMatrix:
     """The matrix holding counts: ``adata.layers[layer]`` or ``adata.X``.
 
     A bare matrix (numpy array or scipy sparse) is returned unchanged.
@@ -44,12 +54,12 @@ def get_matrix(adata: Any, layer: str | None = None) -> Any:
     return adata.layers[layer]
 
 
-def n_rows(matrix: Any) -> int:
+def n_rows(matrix: CountMatrix) -> int:
     """Number of rows of a matrix-like object (also backed datasets)."""
     return int(matrix.shape[0])
 
 
-def to_csr(block: Any) -> sp.csr_matrix:
+def to_csr(block: CountMatrix) -> sp.csr_matrix:
     """A CSR matrix with sorted indices for a block read from any matrix-like object.
 
     Never modifies ``block``: a copy is made when indices need sorting.
@@ -107,7 +117,7 @@ def check_counts(
 
 
 def iter_csr_chunks(
-    adata: Any,
+    adata: CountData,
     *,
     layer: str | None = None,
     chunk_size: int = 4096,

@@ -36,9 +36,10 @@ from .registry import UNREPRODUCIBLE
 from .tokenize import GeneTokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from biomed_toolkit.core.hub import ResolvedModel
+    from biomed_toolkit.core.hub import ModelSpec, ResolvedModel
 
-__all__ = ["config_from_official", "load", "load_official", "read_extras", "write_extras"]
+__all__ = ["config_from_official", "load", "load_official", "read_extras", "refuse_unreproducible",
+           "write_extras"]
 
 log = get_logger(__name__)
 
@@ -174,14 +175,21 @@ def official_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def _refuse_unreproducible(path: Path, resolved: ResolvedModel | None) -> None:
-    """Registered checkpoints whose inputs this implementation cannot build exactly."""
-    spec = resolved.spec if resolved is not None else None
-    text = os.fspath(path)
+def refuse_unreproducible(name_or_path: str | os.PathLike, spec: ModelSpec | None = None) -> None:
+    """Raise for a registered checkpoint whose inputs this implementation cannot build exactly.
+
+    ``name_or_path`` may be a registry name, a hub id or a path (a hub cache folder keeps the
+    repository name); see ``registry.UNREPRODUCIBLE``.
+    """
+    from biomed_toolkit.core import hub
+
+    text = os.fspath(name_or_path)
+    if spec is None:
+        spec = hub.registry().get(text)
     for hub_id, reason in UNREPRODUCIBLE.items():
         repo = hub_id.rsplit("/", 1)[-1]
-        if (spec is not None and spec.hub_id == hub_id) or repo in Path(text).parts or \
-                hub_id.replace("/", "--") in text:
+        if (spec is not None and spec.hub_id == hub_id) or text == hub_id \
+                or repo in Path(text).parts or hub_id.replace("/", "--") in text:
             raise CheckpointError(f"{hub_id} cannot be loaded: {reason}")
 
 
@@ -269,7 +277,7 @@ def load_official(cls: type[BmfmRnaModel], path: Path, resolved: ResolvedModel) 
         For files that hold no BMFM-RNA model, a tokenizer that does not fit the weights, or a
         registered checkpoint whose inputs cannot be reproduced (see ``registry.UNREPRODUCIBLE``).
     """
-    _refuse_unreproducible(path, resolved)
+    refuse_unreproducible(path, resolved.spec)
     if path.is_file():
         if path.suffix != ".ckpt":
             raise CheckpointError(f"{path}: expected a .ckpt file or a model folder")
@@ -339,4 +347,6 @@ def load(name_or_path: str | os.PathLike | None = None, *,
     >>> model = bt.rna.load()  # doctest: +SKIP
     >>> model = bt.rna.load("path/to/ckpt/last.ckpt")  # doctest: +SKIP
     """
+    if name_or_path is not None:
+        refuse_unreproducible(name_or_path)  # before any download
     return BmfmRnaModel.from_pretrained(name_or_path, device=device)

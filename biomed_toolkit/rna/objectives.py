@@ -17,7 +17,7 @@ batch, then other zeros of the record, up to ``max_length``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -29,9 +29,14 @@ from biomed_toolkit.core.errors import InputError
 
 from .tokenize import CLS_ID, MASK_ID, PAD_ID, SEP_ID, special_value, special_values
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .modeling import BmfmRnaModel
+
 __all__ = ["CellDataset", "PretrainingCollator", "RnaPretrainingModule", "focal_loss"]
 
-_OBJECTIVES = ("mlm", "wced", "labels")
+#: Pretraining objectives :class:`RnaPretrainingModule` combines.
+Objective = Literal["mlm", "wced", "labels"]
+_OBJECTIVES: tuple[str, ...] = Objective.__args__
 
 
 class CellDataset(torch.utils.data.Dataset):
@@ -231,9 +236,9 @@ class RnaPretrainingModule(L.LightningModule):
 
     def __init__(
         self,
-        model: Any,
+        model: BmfmRnaModel,
         *,
-        objectives: Sequence[str] = ("wced", "labels"),
+        objectives: Sequence[Objective] = ("wced", "labels"),
         label_weights: Mapping[str, float] | None = None,
         focal_gamma: float = 2.0,
         gene_loss_weight: float = 0.7,
@@ -330,7 +335,7 @@ class RnaPretrainingModule(L.LightningModule):
             if k != "loss":
                 self.log(f"val_{k}", v, batch_size=bs)
 
-    def configure_optimizers(self) -> Any:
+    def configure_optimizers(self) -> dict[str, Any]:
         decay, no_decay = [], []
         for n, p in self.model.named_parameters():
             if not p.requires_grad:

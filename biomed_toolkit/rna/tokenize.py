@@ -23,7 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,6 +32,12 @@ from biomed_toolkit.core.errors import GeneMatchError, InputError
 from biomed_toolkit.core.log import get_logger
 
 from .io import check_counts, get_matrix, iter_csr_chunks, to_csr
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from .io import CountData
+    from .modeling import BmfmRnaModel
 
 __all__ = [
     "CLS_ID",
@@ -43,6 +49,9 @@ __all__ = [
     "EncodedCells",
     "GeneMatchReport",
     "GeneTokenizer",
+    "LimitGenes",
+    "Order",
+    "Padding",
     "encode_cells",
     "ensembl_to_symbol",
     "match_genes",
@@ -56,7 +65,14 @@ UNK_ID, SEP_ID, PAD_ID, CLS_ID, MASK_ID = range(5)
 N_SPECIAL = len(SPECIAL_TOKENS)
 _DATA = Path(__file__).resolve().parent / "data"
 _ENSEMBL_RE = re.compile(r"^ENS[A-Z]*G\d{6,}(\.\d+)?$")
-_ORDERS = ("official", "random", "rank")
+#: Gene order inside a cell: the data's column order (official), seeded random, or by count.
+Order = Literal["official", "random", "rank"]
+#: Pad to the longest cell of the block, or to ``max_length`` (the official layout).
+Padding = Literal["longest", "max_length"]
+#: Gene filter of the released models' inference (None: every vocabulary gene).
+LimitGenes = Literal["protein_coding"] | None
+_ORDERS: tuple[str, ...] = Order.__args__
+_PADDINGS: tuple[str, ...] = Padding.__args__
 
 
 def special_value(token_id: int) -> float:
@@ -352,7 +368,7 @@ class GeneMatchReport:
     duplicated: list[str]
     n_ensembl_mapped: int
     vocab_size: int
-    limit_genes: str | None
+    limit_genes: LimitGenes
     gene_source: str
     column_token_ids: np.ndarray = field(repr=False)
     fraction_counts_covered: float | None = None
@@ -467,12 +483,12 @@ def _input_gene_names(adata: Any, gene_symbols: str | None, genes: Sequence[str]
 
 
 def match_genes(
-    adata: Any,
-    model_or_tokenizer: Any,
+    adata: CountData,
+    model_or_tokenizer: GeneTokenizer | BmfmRnaModel,
     *,
     gene_symbols: str | None = None,
     genes: Sequence[str] | None = None,
-    limit_genes: str | None = "protein_coding",
+    limit_genes: LimitGenes = "protein_coding",
     layer: str | None = None,
     compute_coverage: bool = True,
     allow_non_integer: bool = False,
@@ -603,7 +619,7 @@ class _CoverageAccumulator:
         self.empty.extend((offset + np.flatnonzero(row_sums_kept <= 0)).tolist())
         self.n += csr.shape[0]
 
-    def finish(self, report: GeneMatchReport, adata: Any) -> None:
+    def finish(self, report: GeneMatchReport, adata: CountData) -> None:
         report.fraction_counts_covered = self.covered / self.total if self.total > 0 else 0.0
         report.n_cells = self.n
         obs = getattr(adata, "obs_names", None)
@@ -612,7 +628,7 @@ class _CoverageAccumulator:
 
 def update_coverage(
     report: GeneMatchReport,
-    adata: Any,
+    adata: CountData,
     *,
     layer: str | None = None,
     allow_non_integer: bool = False,
@@ -669,7 +685,7 @@ class EncodedCells:
         return EncodedCells(self.genes[idx], self.expressions[idx], self.attention_mask[idx],
                             self.lengths[idx], self.n_expressed[idx])
 
-    def to_torch(self, device: Any = None) -> dict[str, Any]:
+    def to_torch(self, device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
         """``{"genes", "expressions", "attention_mask"}`` as torch tensors."""
         import torch
 
@@ -875,14 +891,14 @@ def encode_csr(
     column_token_ids: np.ndarray,
     *,
     max_length: int = 1024,
-    order: str = "official",
+    order: Order = "official",
     seed: int = 0,
     cell_offset: int = 0,
     cls_ids: Sequence[int] = (CLS_ID,),
     add_sep: bool = True,
-    padding: str = "longest",
+    padding: Padding = "longest",
     pad_to_multiple_of: int = 16,
-    engine: str = "auto",
+    engine: Literal["auto", "numba", "numpy"] = "auto",
 ) -> EncodedCells:
     """Encode a CSR block (cells x input genes) given the column -> token map.
 
@@ -896,8 +912,8 @@ def encode_csr(
     max_genes = max_length - n_cls - int(add_sep)
     if max_genes < 1:
         raise InputError(f"max_length={max_length} leaves no room for genes")
-    if padding not in ("longest", "max_length"):
-        raise InputError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+    if padding not in _PADDINGS:
+        raise InputError(f"padding must be one of {_PADDINGS}, got {padding!r}")
     kernels = _numba_kernels() if engine in ("auto", "numba") else None
     if kernels is not None:
         fill, pad = kernels
@@ -956,7 +972,7 @@ def encode_csr(
     elif padding == "longest":
         width = min(max_length, _round_up(int(lengths.max(initial=n_cls + 1)), pad_to_multiple_of))
     else:
-        raise InputError(f"padding must be 'longest' or 'max_length', got {padding!r}")
+        raise InputError(f"padding must be one of {_PADDINGS}, got {padding!r}")
     genes = np.full((n, width), PAD_ID, dtype=np.int64)
     expr = np.full((n, width), special_value(PAD_ID), dtype=np.float32)
     genes[:, :n_cls] = np.asarray(cls_ids, dtype=np.int64)
@@ -973,19 +989,19 @@ def encode_csr(
 
 
 def encode_cells(
-    data: Any,
-    tokenizer: Any,
+    data: CountData,
+    tokenizer: GeneTokenizer | BmfmRnaModel,
     *,
     max_length: int = 1024,
-    order: str = "official",
+    order: Order = "official",
     seed: int = 0,
     gene_symbols: str | None = None,
     genes: Sequence[str] | None = None,
     layer: str | None = None,
-    limit_genes: str | None = "protein_coding",
+    limit_genes: LimitGenes = "protein_coding",
     match: GeneMatchReport | None = None,
     allow_non_integer: bool = False,
-    padding: str = "longest",
+    padding: Padding = "longest",
     pad_to_multiple_of: int = 16,
     n_cls_tokens: int | None = None,
     cell_offset: int = 0,

@@ -265,10 +265,16 @@ def test_read_depth_aware_checkpoint_is_refused(tmp_path, fixtures_dir, monkeypa
     ok = _link_v1_fixture(tmp_path / "any_name", fixtures_dir)
     assert isinstance(rna.load(ok, device="cpu"), BmfmRnaModel)
     monkeypatch.setattr(bt.settings, "cache_dir", tmp_path / "cache")
+    monkeypatch.setattr(bt.settings, "offline", True)
+    # refused before any download is attempted (offline it would otherwise be an OfflineError)
+    with pytest.raises(CheckpointError, match=r"\[S\].*\[T\]"):
+        rna.load("bmfm-rna-v1-mlm-rda")
     cached = _link_v1_fixture(hub._hub_cache_folder(rda), fixtures_dir)
     for name in ("bmfm-rna-v1-mlm-rda", rda, cached):
         with pytest.raises(CheckpointError, match=r"\[S\].*\[T\]"):
             rna.load(name, device="cpu")
+        with pytest.raises(CheckpointError, match=r"\[S\].*\[T\]"):  # the class call too
+            BmfmRnaModel.from_pretrained(name, device="cpu")
     row = bt.hub.list_models("bmfm-rna").set_index("name").loc["bmfm-rna-v1-mlm-rda"]
     assert row["verified"].startswith("refused")
 
