@@ -27,5 +27,9 @@ class CheckpointError(BiomedToolkitError):
     """A checkpoint does not fit its configuration or is unsafe to load."""
 
 
+class TrainingError(BiomedToolkitError):
+    """Training cannot go on (e.g. the loss became NaN); the message names the step and the fix."""
+
+
 class OfflineError(BiomedToolkitError, OSError):
     """A model is needed from the hub but the machine is offline or the hub is unreachable."""

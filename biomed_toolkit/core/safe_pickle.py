@@ -100,6 +100,30 @@ def _allowed() -> list[tuple[type, str]]:
     return [(cls, class_path) for class_path, cls in _holders.items()]
 
 
+def _unreadable(path: Path, cause: str) -> str:
+    return (f"{path} is not a readable torch checkpoint: {cause}. It is damaged (truncated, emptied "
+            "or overwritten) or another kind of file. Fix: replace it with an intact copy, or delete "
+            "it and load another checkpoint.")
+
+
+def _cause(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0].strip() if str(exc).strip() else ""
+    if isinstance(exc, EOFError):
+        return "the file ends too early (EOFError: truncated or empty)"
+    if "zip archive" in text or "central directory" in text:
+        return f"truncated or damaged zip archive ({text[:100]})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _not_pickle_bytes(detail: str) -> bool:
+    """True when the restricted unpickler stopped on a byte that is no pickle opcode at all."""
+    import pickletools
+    import re
+
+    found = re.search(r"Unsupported operand (\d+)", detail)
+    return bool(found) and chr(int(found.group(1))) not in {op.code for op in pickletools.opcodes}
+
+
 def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> dict[str, Any]:
     """Load a Lightning/torch checkpoint through the restricted unpickler.
 
@@ -131,6 +155,13 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(_unreadable(path, "the file is empty (0 bytes)"))
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if not head.startswith((b"PK\x03\x04", b"\x80")):  # torch.save writes a zip (or a pickle)
+        raise CheckpointError(_unreadable(path, f"not a torch checkpoint (it starts with {head!r}, "
+                                                "neither a zip archive nor a pickle)"))
     allowed = _allowed()
     try:
         with torch.serialization.safe_globals(allowed):
@@ -138,14 +169,17 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     except pickle.UnpicklingError as exc:
         lines = [ln.strip() for ln in str(exc).splitlines() if "GLOBAL" in ln or "Unsupported" in ln]
         detail = lines[0] if lines else str(exc).splitlines()[-1]
+        if _not_pickle_bytes(detail):
+            raise CheckpointError(_unreadable(path, f"not a torch checkpoint ({detail})")) from None
         raise CheckpointError(
             f"refused to load {path}: it asks for code outside the allowlist of known config "
-            f"classes, so it was not run ({detail}). If this is a "
+            f"classes, so it was not run ({detail}). Fix: if this is a "
             "trusted checkpoint with another config class, allow that class path with "
-            "biomed_toolkit.core.safe_pickle.register_allowed('package.module.Class')."
+            "biomed_toolkit.core.safe_pickle.register_allowed('package.module.Class'); if the file "
+            "was damaged, replace it with an intact copy."
         ) from None
     except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint"
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({exc})") from exc
+        raise CheckpointError(_unreadable(path, _cause(exc))) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
     return obj

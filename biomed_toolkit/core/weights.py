@@ -87,25 +87,46 @@ def load_state_dict(
     ``{"missing": [...], "unexpected": [...]}`` (empty lists when everything fit).
     """
     own = module.state_dict()
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state_dict.items()
-        if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    missing = [k for k in own if k not in state_dict and not k.startswith(ignore)]
-    unexpected = [k for k in state_dict if k not in own and not k.startswith(ignore)]
-    if mismatched or (strict and (missing or unexpected)):
-        parts = []
-        if mismatched:
-            parts.append("shape mismatches: " + "; ".join(mismatched[:10]))
-        if missing:
-            parts.append(f"missing from the {source} ({len(missing)}): " + ", ".join(missing[:10]))
-        if unexpected:
-            parts.append(f"unexpected in the {source} ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+    problems = state_dict_mismatches(own, state_dict, strict=strict, ignore=ignore, source=source)
+    if problems:
         raise CheckpointError(
-            f"the {source} does not fit its configuration: " + " | ".join(parts)
+            f"the {source} does not fit its configuration: " + " | ".join(problems)
             + ". Check that config.json belongs to these weights."
         )
+    missing = [k for k in own if k not in state_dict and not k.startswith(ignore)]
+    unexpected = [k for k in state_dict if k not in own and not k.startswith(ignore)]
     filtered = {k: v for k, v in state_dict.items() if k in own}
     module.load_state_dict(filtered, strict=False)
     return {"missing": missing, "unexpected": unexpected}
+
+
+def state_dict_mismatches(
+    own: Mapping[str, Any],
+    state_dict: Mapping[str, Any],
+    *,
+    strict: bool = True,
+    ignore: tuple[str, ...] = (),
+    source: str = "checkpoint",
+) -> list[str]:
+    """What keeps ``state_dict`` from loading into a module whose state dict is ``own``.
+
+    Returns
+    -------
+    Descriptions of the shape mismatches and (when ``strict``) the missing and unexpected keys,
+    each naming up to 10 keys; empty when everything fits.
+    """
+    mismatched = [
+        f"{k}: {source} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state_dict.items()
+        if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    missing = [k for k in own if k not in state_dict and not k.startswith(ignore)]
+    unexpected = [k for k in state_dict if k not in own and not k.startswith(ignore)]
+    parts = []
+    if mismatched:
+        parts.append("shape mismatches: " + "; ".join(mismatched[:10]))
+    if strict and missing:
+        parts.append(f"missing from the {source} ({len(missing)}): " + ", ".join(missing[:10]))
+    if strict and unexpected:
+        parts.append(f"unexpected in the {source} ({len(unexpected)}): " + ", ".join(unexpected[:10]))
+    return parts

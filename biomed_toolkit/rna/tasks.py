@@ -9,11 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import lightning as L
 import numpy as np
 import pandas as pd
-from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import Dataset
 
 from ..core.errors import InputError
 from ..core.log import get_logger, timed
@@ -228,26 +225,22 @@ def _distributed_inference(
     chunk_size: int,
     **inference_kwargs: Any,
 ) -> Any:
-    """Run :func:`run_inference` on shards of cells in several processes (Lightning predict).
+    """Run :func:`run_inference` on blocks of cells in several processes (``core.inference``).
 
-    Each process gets whole row blocks through Lightning's distributed sampler, writes its
-    results with their row indices to a temporary folder, and the calling process gathers
-    them back in cell order. Per-cell results do not depend on the shard (the tokenizer is
-    chunk-invariant), so they equal the single-process ones.
+    :func:`~biomed_toolkit.core.inference.distributed_predict` shares contiguous row blocks out
+    to the processes and puts every row back in cell order, whether the processes were started
+    by a script (``ddp``), a notebook (fork), ``ddp_spawn`` or a cluster launcher. Per-cell
+    results do not depend on the shard (the tokenizer is chunk-invariant), so they equal the
+    single-process ones.
     """
-    import tempfile
-    from pathlib import Path
-
-    import torch
-
-    from ..core.device import available_accelerator
-    from ..core.train import choose_strategy
+    from ..core.inference import distributed_predict
+    from ..core.settings import settings
     from .inference import InferenceResult
     from .tokenize import match_genes
 
     if inference_kwargs.get("order", "official") == "random":
         raise InputError("order='random' is not supported with devices=: use the default order")
-    inference_kwargs.pop("progress", None)
+    progress = bool(inference_kwargs.pop("progress", True)) and settings.progress
     match = inference_kwargs.pop("match", None)
     if match is None:
         match = match_genes(adata, model, gene_symbols=inference_kwargs.get("gene_symbols"),
@@ -255,89 +248,42 @@ def _distributed_inference(
                             layer=inference_kwargs.get("layer"), compute_coverage=True,
                             allow_non_integer=inference_kwargs.get("allow_non_integer", False),
                             log_summary=False)
-    n = adata.n_obs
-    blocks = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
-    folder = Path(tempfile.mkdtemp(prefix="bt_predict_"))
     # a backed file is reopened by each process instead of being pickled
     source: Any = str(adata.filename) if adata.isbacked else adata
-    if accelerator in (None, "auto"):
-        accelerator = available_accelerator()
-    strategy = choose_strategy(strategy, devices, num_nodes, accelerator)
-    if strategy in ("ddp", "ddp_spawn", "ddp_notebook", "ddp_fork") and accelerator == "cpu":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_notebook": "fork",
-                 "ddp_fork": "fork"}[strategy]
-        strategy = DDPStrategy(process_group_backend="gloo", start_method=start)
-    trainer = L.Trainer(accelerator=accelerator, devices=devices or "auto", num_nodes=num_nodes,
-                        strategy=strategy, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[_NpzWriter(str(folder))], inference_mode=True)
-    loader = torch.utils.data.DataLoader(_Blocks(blocks), batch_size=1, shuffle=False)
-    predictor = _Predictor(model, source, match, chunk_size, inference_kwargs)
-    trainer.predict(predictor, loader, return_predictions=False)
-    emb = probs = None
-    names: dict[str, list[str]] = {}
-    seen = np.zeros(n, dtype=bool)
-    for f in sorted(folder.glob("rank*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            rows = z["rows"]
-            if "embeddings" in z:
-                if emb is None:
-                    emb = np.full((n, z["embeddings"].shape[1]), np.nan, dtype=np.float32)
-                emb[rows] = z["embeddings"]
-            for key in z.files:
-                if key.startswith("label:"):
-                    lab = key[6:]
-                    probs = probs or {}
-                    if lab not in probs:
-                        probs[lab] = np.full((n, z[key].shape[1]), np.nan, dtype=np.float32)
-                        names[lab] = model.label_names(lab)
-                    probs[lab][rows] = z[key]
-            seen[rows] = True
-        f.unlink()
-    folder.rmdir()
-    if not seen.all():
-        raise RuntimeError(f"distributed inference lost {int((~seen).sum())} cells")
+    out = distributed_predict(_BlockInference(model, source, match, chunk_size, inference_kwargs),
+                              adata.n_obs, batch_size=chunk_size, module=model,
+                              accelerator=accelerator, devices=devices or "auto",
+                              num_nodes=num_nodes, strategy=strategy, progress=progress)
+    emb = out.get("embeddings")
+    probs = {key[len("label:"):]: value for key, value in out.items() if key.startswith("label:")}
+    names = {lab: model.label_names(lab) for lab in probs}
     log.info(match.summary())
-    first = emb if emb is not None else next(iter((probs or {}).values()), None)
+    first = emb if emb is not None else next(iter(probs.values()), None)
     empty = np.isnan(first).any(axis=1) if first is not None else None
     pooling = None
     if inference_kwargs.get("embeddings", True):
         from .inference import _resolve_pooling
 
         pooling = _resolve_pooling(model, inference_kwargs.get("pooling", "auto"))
-    return InferenceResult(embeddings=emb, label_probabilities=probs or {}, label_names=names,
+    return InferenceResult(embeddings=emb, label_probabilities=probs, label_names=names,
                            report=match, empty=empty, pooling=pooling)
 
 
-class _Blocks(Dataset):
-    """Row blocks ``(start, stop)``: what the distributed sampler shards across processes."""
-
-    def __init__(self, blocks: list[tuple[int, int]]) -> None:
-        self.blocks = blocks
-
-    def __len__(self) -> int:
-        return len(self.blocks)
-
-    def __getitem__(self, i: int) -> Any:
-        import torch
-
-        return torch.tensor(self.blocks[i])
-
-
-class _Predictor(L.LightningModule):
-    """Runs the streaming inference on each row block it is given."""
+class _BlockInference:
+    """``predict_fn`` of :func:`_distributed_inference`: the streaming inference on cells
+    ``rows[0]..rows[-1]``. Picklable (for ``ddp_spawn``); a backed file is opened once per process."""
 
     def __init__(self, model: Any, source: Any, match: Any, chunk_size: int,
                  kwargs: dict[str, Any]) -> None:
-        super().__init__()
         self.model = model
         self.source = source
         self.match = match
         self.chunk_size = chunk_size
         self.kwargs = kwargs
         self._adata: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_adata": None}
 
     def _data(self) -> Any:
         if self._adata is None:
@@ -347,38 +293,18 @@ class _Predictor(L.LightningModule):
             self._adata = ad.read_h5ad(src, backed="r") if isinstance(src, str) else src
         return self._adata
 
-    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+    def __call__(self, rows: Any) -> dict[str, np.ndarray]:
         from .inference import run_inference
 
-        out = []
-        for lo, hi in batch.tolist():
-            res = run_inference(self.model, self._data()[lo:hi], match=_shallow(self.match),
-                                progress=False, chunk_size=self.chunk_size, **self.kwargs)
-            out.append((lo, hi, res))
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        res = run_inference(self.model, self._data()[lo:hi], match=_shallow(self.match),
+                            progress=False, chunk_size=self.chunk_size, **self.kwargs)
+        out: dict[str, np.ndarray] = {}
+        if res.embeddings is not None:
+            out["embeddings"] = res.embeddings
+        for lab, p in res.label_probabilities.items():
+            out[f"label:{lab}"] = p
         return out
-
-
-class _NpzWriter(BasePredictionWriter):
-    """Each process saves its results with their row indices (no pickle) for the gather."""
-
-    def __init__(self, folder: str) -> None:
-        super().__init__(write_interval="epoch")
-        self.folder = folder
-
-    def write_on_epoch_end(self, trainer: Any, pl_module: Any, predictions: Any,
-                           batch_indices: Any) -> None:
-        from pathlib import Path
-
-        arrays: dict[str, list[np.ndarray]] = {}
-        for batch in predictions:
-            for lo, hi, res in batch:
-                arrays.setdefault("rows", []).append(np.arange(lo, hi))
-                if res.embeddings is not None:
-                    arrays.setdefault("embeddings", []).append(res.embeddings)
-                for lab, p in res.label_probabilities.items():
-                    arrays.setdefault(f"label:{lab}", []).append(p)
-        np.savez(Path(self.folder) / f"rank{trainer.global_rank}.npz",
-                 **{k: np.concatenate(v) for k, v in arrays.items()})
 
 
 def _shallow(report: Any) -> Any:
