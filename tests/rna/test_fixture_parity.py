@@ -14,11 +14,11 @@ import biomed_toolkit.rna as rna
 TOL = 1e-5  # measured: <= 2.2e-6 (WCED), see registry "verified"
 
 
-@pytest.fixture(scope="module")
-def fx(fixtures_dir):
-    root = fixtures_dir / "bmfm_rna_official_tiny"
+def official_fixture(fixtures_dir, name):
+    """A fixture written by the official code: its cells, expected outputs and recorded inputs."""
+    root = fixtures_dir / name
     if not root.is_dir():
-        pytest.skip("bmfm_rna_official_tiny fixture absent")
+        pytest.skip(f"{name} fixture absent")
     return {
         "root": root,
         "adata": ad.read_h5ad(root / "cells.h5ad"),
@@ -26,6 +26,11 @@ def fx(fixtures_dir):
         "wced": dict(np.load(root / "expected_wced_cls.npz")),
         "inputs": json.loads((root / "inputs.json").read_text()),
     }
+
+
+@pytest.fixture(scope="module")
+def fx(fixtures_dir):
+    return official_fixture(fixtures_dir, "bmfm_rna_official_tiny")
 
 
 @pytest.fixture(scope="module")

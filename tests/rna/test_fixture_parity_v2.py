@@ -7,9 +7,6 @@ outputs at two sequence lengths (1024: every cell truncated; 2048: every cell pa
 
 from __future__ import annotations
 
-import json
-
-import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -20,6 +17,8 @@ import biomed_toolkit.rna as rna
 from biomed_toolkit.core.safe_pickle import load_checkpoint
 from biomed_toolkit.rna.tokenize import encode_csr
 
+from .test_fixture_parity import official_fixture
+
 TOL = 1e-5
 CASES = [(1024, ""), (2048, "L2048_")]
 LAYOUTS = ["ckpt", "folder"]
@@ -27,16 +26,7 @@ LAYOUTS = ["ckpt", "folder"]
 
 @pytest.fixture(scope="module")
 def fx(fixtures_dir):
-    root = fixtures_dir / "bmfm_rna_v2_official_tiny"
-    if not root.is_dir():
-        pytest.skip("bmfm_rna_v2_official_tiny fixture absent")
-    return {
-        "root": root,
-        "adata": ad.read_h5ad(root / "cells.h5ad"),
-        "expected": dict(np.load(root / "expected.npz")),
-        "wced": dict(np.load(root / "expected_wced_cls.npz")),
-        "inputs": json.loads((root / "inputs.json").read_text()),
-    }
+    return official_fixture(fixtures_dir, "bmfm_rna_v2_official_tiny")
 
 
 @pytest.fixture(scope="module")
