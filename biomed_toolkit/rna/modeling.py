@@ -15,11 +15,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Literal, Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import FunctionCtx
 
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.model import BaseModel
@@ -329,12 +330,12 @@ class LlamaBackbone(nn.Module):
 
 class GradientReversalFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    def forward(ctx: FunctionCtx, x: torch.Tensor, alpha: float) -> torch.Tensor:
         ctx.alpha = alpha
         return x.view_as(x)
 
     @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         return -ctx.alpha * grad, None
 
 
