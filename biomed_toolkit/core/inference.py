@@ -179,15 +179,6 @@ class _Predictor(L.LightningModule):
             self.parts.append((lo, hi, arrays))
 
 
-def _launcher_layout(devices: Any, num_nodes: int) -> tuple[Any, int]:
-    """``devices``/``num_nodes`` from a cluster launcher's variables when left at auto."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if devices not in (None, "auto") or world <= 1 or "LOCAL_RANK" not in os.environ:
-        return devices, num_nodes
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "0") or 0) or world // max(1, num_nodes)
-    return local, max(1, world // max(1, local))
-
-
 def distributed_predict(
     predict_fn: Callable[[Any], Mapping[str, Any]],
     data: Any,
@@ -254,7 +245,7 @@ def distributed_predict(
     >>> out["score"].shape  # doctest: +SKIP
     """
     from .device import available_accelerator
-    from .train import _quiet_lightning, choose_strategy
+    from .train import _quiet_lightning, choose_strategy, launcher_layout
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int | np.integer) or batch_size < 1:
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -277,7 +268,7 @@ def distributed_predict(
     _quiet_lightning()
     if accelerator in (None, "auto"):
         accelerator = available_accelerator()
-    devices, num_nodes = _launcher_layout(devices, num_nodes)
+    devices, num_nodes = launcher_layout(devices, num_nodes)
     if devices in (None, "auto") and accelerator == "cpu":
         devices = 1
     strategy = choose_strategy(strategy, devices, num_nodes, accelerator)

@@ -77,6 +77,25 @@ def choose_strategy(strategy: str, devices: Any, num_nodes: int, accelerator: st
     return "ddp_notebook" if in_notebook() else "ddp"
 
 
+def launcher_layout(devices: Any, num_nodes: int) -> tuple[Any, int]:
+    """``(devices, num_nodes)`` of a cluster launcher (torchrun, SLURM ``srun``) when ``devices``
+    is left at ``"auto"``/None; the arguments unchanged otherwise or without a launcher."""
+    if devices not in (None, "auto"):
+        return devices, num_nodes
+    env = os.environ
+    if "LOCAL_RANK" in env and int(env.get("WORLD_SIZE", "1") or 1) > 1:  # torchrun / torchelastic
+        world = int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_WORLD_SIZE", "0") or 0) or world // max(1, num_nodes)
+        return local, max(1, world // max(1, local))
+    name = env.get("SLURM_JOB_NAME", "")
+    if "SLURM_NTASKS" in env and "SLURM_PROCID" in env and name not in ("bash", "interactive"):
+        world = int(env["SLURM_NTASKS"])
+        nodes = int(env.get("SLURM_NNODES", env.get("SLURM_JOB_NUM_NODES", "1")) or 1)
+        if world > 1:
+            return max(1, world // max(1, nodes)), max(1, nodes)
+    return devices, num_nodes
+
+
 def _n_devices(devices: Any, accelerator: str) -> int:
     if devices in (None, "auto"):
         if accelerator == "cuda":
@@ -662,6 +681,7 @@ def fit(
     if accelerator == "auto":
         accelerator = settings.device.split(":")[0] if settings.device != "auto" else available_accelerator()
     precision = resolve_precision(settings.precision if precision == "auto" else precision, accelerator)
+    devices, num_nodes = launcher_layout(devices, num_nodes)
     strategy = choose_strategy(strategy, devices, num_nodes, accelerator)
     if devices == "auto":
         devices = 1 if accelerator == "cpu" else "auto"

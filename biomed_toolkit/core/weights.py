@@ -47,14 +47,30 @@ def save_safetensors(
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; aliases recorded in the metadata are restored."""
+    """Tensors and metadata of a safetensors file; aliases recorded in the metadata are restored.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file, the cause (missing, empty, truncated, malformed header) and the fix.
+    """
     from safetensors import safe_open
 
     tensors: dict[str, Any] = {}
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = dict(handle.metadata() or {})
-        for key in handle.keys():
-            tensors[key] = handle.get_tensor(key)
+    if not Path(path).is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            for key in handle.keys():
+                tensors[key] = handle.get_tensor(key)
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ... all mean "not readable"
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CheckpointError(
+            f"{path} is not a readable safetensors file ({type(exc).__name__}: {cause}). It is "
+            "damaged (truncated or overwritten) or another kind of file. Fix: replace it with an "
+            "intact copy (save_pretrained writes one), or load the model from its original source."
+        ) from exc
     for key, value in metadata.items():
         if key.startswith("alias:") and value in tensors:
             tensors.setdefault(key[len("alias:") :], tensors[value])

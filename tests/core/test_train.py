@@ -155,6 +155,29 @@ def test_strategy_choice_is_notebook_safe(monkeypatch):
     assert train.steps_per_epoch(256, 16, world_size=2) == 8
 
 
+def test_cluster_launcher_layout(monkeypatch):
+    from biomed_toolkit.core.train import launcher_layout
+
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_NNODES", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    assert launcher_layout("auto", 1) == ("auto", 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert launcher_layout("auto", 1) == (4, 2)  # torchrun --nnodes 2 --nproc_per_node 4
+    assert launcher_layout(2, 1) == (2, 1)  # explicit devices win
+    for key in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("SLURM_NTASKS", "6")
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_NNODES", "3")
+    monkeypatch.setenv("SLURM_JOB_NAME", "train")
+    assert launcher_layout(None, 1) == (2, 3)  # srun -N 3 --ntasks-per-node 2
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")
+    assert launcher_layout(None, 1) == (None, 1)
+
+
 # ------------------------------------------------------------------------------------------
 # damaged checkpoints, damaged history, bad weights and a NaN loss
 # ------------------------------------------------------------------------------------------
@@ -426,5 +449,33 @@ def test_fuzz_resume_choice_with_mutated_last(trained, tmp_path_factory):
         chosen = _resume_from(work, module, _atomic_checkpoint_io())
         assert chosen is not None
         assert chosen.name == ("last.ckpt" if data == raw else "epoch-epoch=1.ckpt")
+
+    check()
+
+
+def test_fuzz_mutated_safetensors_bytes(tmp_path_factory):
+    """Mutated model.safetensors: the tensors load, or a CheckpointError names the file."""
+    from hypothesis import HealthCheck, given, settings
+    from safetensors.torch import save_file
+
+    from biomed_toolkit.core.errors import CheckpointError
+    from biomed_toolkit.core.weights import read_safetensors
+
+    work = tmp_path_factory.mktemp("fuzz_st")
+    save_file({"w": torch.randn(4, 8), "b": torch.arange(6)}, str(work / "ok.safetensors"),
+              metadata={"format": "pt", "alias:tied": "w"})
+    raw = (work / "ok.safetensors").read_bytes()
+    assert set(read_safetensors(work / "ok.safetensors")[0]) == {"w", "b", "tied"}
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+    @given(_mutations())
+    def check(mutation):
+        path = work / "x.safetensors"
+        path.write_bytes(_mutate(raw, mutation))
+        try:
+            read_safetensors(path)
+        except CheckpointError as exc:
+            assert str(path) in str(exc) and "Fix:" in str(exc)
 
     check()
