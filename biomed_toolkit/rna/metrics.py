@@ -225,6 +225,51 @@ def classification_metrics(truth: Sequence[Any], pred: Sequence[Any]) -> dict[st
     }
 
 
+def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bool], *,
+                               n_bins: int = 15) -> float:
+    """Expected calibration error of top-class confidences: the cell-weighted mean over
+    ``n_bins`` equal-width confidence bins of ``|accuracy - mean confidence|``.
+
+    Examples
+    --------
+    >>> expected_calibration_error([0.9, 0.9, 0.6, 0.6], [True, True, True, False])
+    0.1
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    if conf.shape != ok.shape or conf.size == 0:
+        raise InputError(f"need as many confidences as outcomes, got {conf.shape} and {ok.shape}")
+    bins = np.minimum((conf * n_bins).astype(int), n_bins - 1)
+    err = 0.0
+    for b in np.unique(bins):
+        m = bins == b
+        err += m.sum() * abs(ok[m].mean() - conf[m].mean())
+    return round(float(err / conf.size), 12)
+
+
+def accuracy_at_coverage(confidence: Sequence[float], correct: Sequence[bool], *,
+                         coverages: Sequence[float] = (1.0, 0.9, 0.8, 0.7, 0.5)) -> pd.DataFrame:
+    """Accuracy of the most confident share of cells, for each coverage (selective prediction),
+    with the confidence threshold that keeps that share.
+
+    Examples
+    --------
+    >>> accuracy_at_coverage([0.9, 0.8, 0.6, 0.3], [True, True, False, False],
+    ...                      coverages=(1.0, 0.5))["accuracy"].tolist()
+    [0.5, 1.0]
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    ok = np.asarray(correct, dtype=bool)
+    order = np.argsort(-conf, kind="stable")
+    rows = []
+    for c in coverages:
+        k = max(1, int(round(c * len(conf))))
+        keep = order[:k]
+        rows.append({"coverage": float(c), "n_cells": k, "accuracy": float(ok[keep].mean()),
+                     "min_confidence": float(conf[keep].min())})
+    return pd.DataFrame(rows)
+
+
 def integration_metrics(
     adata: AnnData,
     use_rep: str | Sequence[str],

@@ -221,7 +221,7 @@ def test_finetune_options_batch_head_freeze_lora(small, tmp_path):
     adata.obs["batch"] = np.where(np.arange(adata.n_obs) % 2 == 0, "b1", "b2")
     base = fresh_model(adata.var_names)
     model = tasks.finetune(adata, "bulk_labels", base, batch_key="batch", max_epochs=1,
-                           freeze_layers=1, batch_size=32, max_length=128,
+                           freeze=1, batch_size=32, max_length=128,
                            checkpoint_dir=tmp_path / "a", enable_progress_bar=False)
     cols = {c.name: c for c in model.config.label_columns}
     assert cols["batch"].gradient_reversal_coefficient == 1.0

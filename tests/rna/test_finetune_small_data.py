@@ -1,0 +1,75 @@
+"""The small-data fine-tuning case of issue #12: ~100 training cells, 6 classes, a 10-cell
+validation split, every option at its default (real pbmc68k cells, held-out cells scored)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from biomed_toolkit.rna import tasks
+from biomed_toolkit.rna.metrics import classification_metrics, expected_calibration_error
+from biomed_toolkit.rna.training import MIN_VAL_CELLS, plan_recipe
+
+from .helpers import fresh_model
+
+TYPES = ["CD14+ Monocyte", "CD19+ B", "CD4+/CD25 T Reg", "CD8+ Cytotoxic T", "CD56+ NK",
+         "Dendritic"]
+
+
+@pytest.fixture(scope="module")
+def split():
+    from biomed_toolkit.rna.datasets import pbmc68k_counts
+
+    counts = pbmc68k_counts()
+    counts = counts[counts.obs["bulk_labels"].isin(TYPES).to_numpy()].copy()
+    y = counts.obs["bulk_labels"].astype(str).to_numpy()
+    rng = np.random.default_rng(0)
+    train = np.sort(np.concatenate([rng.choice(np.flatnonzero(y == t), 18, replace=False)
+                                    for t in TYPES]))  # 108 cells: 98 train + 10 validation
+    test = np.setdiff1d(np.arange(len(y)), train)
+    return counts[train].copy(), counts[test].copy()
+
+
+def test_recipe_budget_does_not_depend_on_data_size():
+    small = plan_recipe(98, 10, 6, batch_size=32)
+    assert small.steps >= 300 and not small.early_stopping and "too few" in small.reason
+    big = plan_recipe(90_000, 10_000, 100, batch_size=32)
+    assert big.early_stopping and big.min_steps == 300 and big.steps == 5000
+    assert plan_recipe(98, MIN_VAL_CELLS, 6, batch_size=32).early_stopping
+    # an explicit budget is honoured
+    assert plan_recipe(98, 10, 6, batch_size=32, max_epochs=2).steps == 2 * 4
+
+
+@pytest.mark.slow
+def test_small_data_finetune_learns_with_defaults(split, tmp_path):
+    train, test = split
+    torch.set_num_threads(1)
+    # a random encoder: what the model learns here comes from the recipe, not from pretraining
+    base = fresh_model(train.var_names)
+    model = tasks.finetune(train, "bulk_labels", base, max_length=256,
+                           checkpoint_dir=tmp_path / "ckpt", enable_progress_bar=False)
+    rec = model.history.attrs["recipe"]
+    assert rec["n_val"] == 10 and rec["n_train"] == 98
+    # early stopping did not end the run after a handful of steps: the full budget ran
+    assert not rec["early_stopping"] and rec["global_step"] == rec["steps"] >= 300
+    tasks.annotate(test, model, label="bulk_labels", min_confidence=0.0, max_length=256,
+                   progress=False)
+    pred = test.obs["bmfm_cell_type"].astype(str).to_numpy()
+    truth = test.obs["bulk_labels"].astype(str).to_numpy()
+    m = classification_metrics(truth, pred)
+    assert m["macro_f1"] > 0.5, m  # chance is ~0.17 for 6 classes
+    assert len(set(pred)) >= 5
+    probs = test.obsm["bmfm_cell_type_probabilities"]
+    assert np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+    conf = probs.max(axis=1)
+    assert expected_calibration_error(conf, pred == truth) < 0.15
+    # the expression path and the temperature are saved with the model
+    model.save_pretrained(tmp_path / "ft")
+    import biomed_toolkit as bt
+
+    again = bt.rna.load(tmp_path / "ft", device="cpu")
+    assert again.label_extras["bulk_labels"].temperature == pytest.approx(rec["temperature"])
+    out = tasks.annotate(test, again, label="bulk_labels", min_confidence=0.0, max_length=256,
+                         progress=False, copy=True)
+    np.testing.assert_allclose(out.obsm["bmfm_cell_type_probabilities"], probs, atol=1e-5)
