@@ -18,7 +18,6 @@ import hashlib
 import math
 import os
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .device import available_accelerator, resolve_precision
+from .display import in_notebook  # in a notebook spawn-based DDP cannot pickle the notebook's code
 from .errors import CheckpointError, InputError, TrainingError
 from .log import get_logger
 from .settings import settings
@@ -55,19 +55,10 @@ class FitResult:
         return head + self.history.tail(10).to_html()
 
 
-def in_notebook() -> bool:
-    """True inside a Jupyter kernel (where spawn-based DDP cannot pickle the notebook's code)."""
-    shell = sys.modules.get("IPython")
-    if shell is None:
-        return False
-    ip = shell.get_ipython() if hasattr(shell, "get_ipython") else None
-    return ip is not None and "IPKernelApp" in getattr(ip, "config", {})
-
-
 def choose_strategy(strategy: str, devices: Any, num_nodes: int, accelerator: str) -> str:
     """``"auto"`` with several processes: ``ddp_notebook`` in a notebook (fork), else ``ddp``."""
     if strategy != "auto":
-        if in_notebook() and strategy in ("ddp", "ddp_spawn") and accelerator != "cpu":
+        if in_notebook() and (strategy == "ddp" or (strategy == "ddp_spawn" and accelerator != "cpu")):
             log.warning(f"strategy {strategy!r} cannot run inside a notebook: using 'ddp_notebook'")
             return "ddp_notebook"
         return strategy

@@ -121,3 +121,37 @@ def test_cluster_launcher_ranks_from_environment(tmp_path):
         with np.load(tmp_path / f"rank{rank}.npz") as z:
             for key in ref:
                 np.testing.assert_array_equal(z[key], ref[key])
+
+
+@pytest.mark.slow
+def test_notebook_kernel_two_processes_equal_one(tmp_path):
+    """In a Jupyter kernel strategy="auto" is fork-based, so a predict_fn defined in the notebook
+    itself (a lambda: not picklable) runs on 2 processes, equal to 1."""
+    import os
+
+    import nbformat
+
+    from biomed_toolkit.notebook_runner import execute_notebook
+    from tests.script_job import REPO
+
+    cells = [
+        "import torch\ntorch.set_num_threads(1)\n"
+        "from biomed_toolkit.core.inference import distributed_predict\n"
+        "from biomed_toolkit.core.train import choose_strategy\n"
+        "assert choose_strategy('auto', 2, 1, 'cpu') == 'ddp_notebook'",
+        "w = torch.linspace(-1, 1, 12).reshape(4, 3)\n"
+        "fn = lambda idx: {'y': torch.tanh(idx.float()[:, None] * w[0]), 'i': idx}\n"
+        "one = distributed_predict(fn, 23, batch_size=5, accelerator='cpu', devices=1, progress=False)\n"
+        "two = distributed_predict(fn, 23, batch_size=5, accelerator='cpu', devices=2, progress=False)\n"
+        "assert (two['i'] == list(range(23))).all()\n"
+        "assert (one['y'] == two['y']).all()\n"
+        "print('OK', two['y'].shape)",
+    ]
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    path = tmp_path / "ddp.ipynb"
+    nbformat.write(nb, path)
+    pythonpath = os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])
+    run = execute_notebook(path, timeout=600, env={"PYTHONPATH": pythonpath})
+    assert run.error is None, run.error
+    text = "".join(o.get("text", "") for o in run.notebook.cells[1].outputs)
+    assert "OK (23, 3)" in text
