@@ -11,50 +11,24 @@ Run: ``python benchmarks/bench_mammal_accuracy.py [--screen 10000]``
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 
 import numpy as np
 import torch
 
-AA20 = "ACDEFGHIKLMNPQRSTVWY"
-KMERS = {"".join(p): i for i, p in enumerate(itertools.product(AA20, repeat=2))}
-
-
-def morgan(smiles: list[str], n_bits: int = 2048) -> np.ndarray:
-    from rdkit import Chem
-    from rdkit.Chem import rdFingerprintGenerator
-
-    gen = rdFingerprintGenerator.GetMorganGenerator(radius=2, fpSize=n_bits)
-    out = np.zeros((len(smiles), n_bits), dtype=np.float32)
-    for i, s in enumerate(smiles):
-        out[i] = gen.GetFingerprintAsNumPy(Chem.MolFromSmiles(s))
-    return out
-
-
-def kmer_composition(seqs: list[str]) -> np.ndarray:
-    out = np.zeros((len(seqs), len(KMERS)), dtype=np.float32)
-    for i, s in enumerate(seqs):
-        for j in range(len(s) - 1):
-            k = KMERS.get(s[j : j + 2])
-            if k is not None:
-                out[i, k] += 1
-        out[i] /= max(1.0, out[i].sum())
-    return out
-
 
 def metrics(y: np.ndarray, p: np.ndarray) -> tuple[float, float]:
-    return float(np.corrcoef(y, p)[0, 1]), float(np.sqrt(np.mean((y - p) ** 2)))
+    from biomed_toolkit.mammal.metrics import regression_metrics
+
+    m = regression_metrics(y, p)
+    return m["pearson"], m["rmse"]
 
 
 def baselines(xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray) -> dict[str, np.ndarray]:
-    from sklearn.ensemble import RandomForestRegressor
-    from sklearn.linear_model import RidgeCV
+    from biomed_toolkit.mammal.baselines import fingerprint_baselines
 
-    rf = RandomForestRegressor(n_estimators=100, max_features=0.2, min_samples_leaf=2, n_jobs=1, random_state=0)
-    rf.fit(xtr, ytr)
-    ridge = RidgeCV(alphas=np.logspace(-2, 3, 12)).fit(xtr, ytr)
-    return {"random forest": rf.predict(xte), "ridge": ridge.predict(xte)}
+    preds = fingerprint_baselines("regression", xtr, ytr, xte)
+    return {"random forest": preds["fingerprint random forest"], "ridge": preds["fingerprint ridge"]}
 
 
 def main() -> None:
@@ -65,6 +39,7 @@ def main() -> None:
 
     import biomed_toolkit.mammal as mm
     from biomed_toolkit.core.settings import settings
+    from biomed_toolkit.mammal.baselines import kmer_composition, morgan
     from biomed_toolkit.mammal.datasets import demo_splits
 
     settings.progress = False
@@ -73,7 +48,7 @@ def main() -> None:
     rows = []
 
     ktr, kte = k[k.split != "test"], k[k.split == "test"]  # baselines may use train+val
-    pred = mm.predict(model, "dti", kte, batch_size=64, progress=False)["prediction"].to_numpy()
+    pred = mm.predict(model, "dti", kte, batch_size=16, progress=False)["prediction"].to_numpy()
     rows.append(("KIBA (unseen ligands)", "MAMMAL demo", *metrics(kte.affinity.to_numpy(), pred)))
     xtr = np.hstack([morgan(ktr.smiles.tolist()), kmer_composition(ktr.protein.tolist())])
     xte = np.hstack([morgan(kte.smiles.tolist()), kmer_composition(kte.protein.tolist())])

@@ -15,7 +15,7 @@ from .._lazy import lazy_exports
 
 # Public name -> submodule that defines it (add plotting/widgets names here).
 _LAZY: dict[str, str] = {
-    "load": "modeling",
+    "load": "loading",
     "MammalModel": "modeling",
     "EncoderOutput": "modeling",
     "DecoderOutput": "modeling",
@@ -25,6 +25,8 @@ _LAZY: dict[str, str] = {
     "Batch": "tokenizer",
     "predict": "tasks",
     "virtual_screen": "tasks",
+    "screen_file": "screening",
+    "ScreenResult": "screening",
     "TASKS": "tasks",
     "Task": "tasks",
     "finetune": "training",
@@ -39,7 +41,8 @@ _LAZY: dict[str, str] = {
     "score_distribution": "plotting",
     "DrugTargetExplorer": "widgets",
 }
-_SUBMODULES = {"prompts", "tokenizer", "configuration", "modeling", "tasks", "training", "datasets", "plotting", "widgets"}
+_SUBMODULES = {"prompts", "tokenizer", "configuration", "modeling", "loading", "registry", "metrics", "splits",
+               "baselines", "screening", "tasks", "training", "datasets", "plotting", "widgets"}
 
 __all__ = sorted(_LAZY) + ["prompts"]
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, submodules=_SUBMODULES)

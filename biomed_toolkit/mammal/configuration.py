@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from biomed_toolkit.core.errors import CheckpointError
-from biomed_toolkit.core.log import get_logger
+from biomed_toolkit.core.config import BaseConfig, UnknownKeys
 
-log = get_logger(__name__)
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import T5Config
 
 # The published MAMMAL base (T5 v1.1-base sized); used when a field is missing.
 DEFAULT_T5: dict[str, Any] = {
@@ -37,10 +33,12 @@ DEFAULT_T5: dict[str, Any] = {
 
 
 @dataclass
-class MammalConfig:
+class MammalConfig(BaseConfig):
     """Configuration of a :class:`~biomed_toolkit.mammal.modeling.MammalModel`.
 
-    Reads and writes the official ``config.json`` (keys it does not know are ignored).
+    Reads and writes the official ``config.json`` (no ``model_type`` key; keys it does not know
+    are ignored, as the official files carry many). ``t5_config`` keys left out take the published
+    MAMMAL base values (:data:`DEFAULT_T5`).
 
     Attributes
     ----------
@@ -64,6 +62,9 @@ class MammalConfig:
     64
     """
 
+    model_type: ClassVar[str | None] = None
+    unknown_keys: ClassVar[UnknownKeys] = "ignore"
+
     t5_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_T5))
     encoder_head_layers: list[int] = field(default_factory=lambda: [2048, 1024])
     encoder_head_dropout: float = 0.2
@@ -77,6 +78,9 @@ class MammalConfig:
     normalization: dict[str, dict[str, float]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.t5_config = {**DEFAULT_T5, **dict(self.t5_config or {})}
+
     @property
     def d_model(self) -> int:
         return int(self.t5_config.get("d_model", DEFAULT_T5["d_model"]))
@@ -85,40 +89,7 @@ class MammalConfig:
     def vocab_size(self) -> int:
         return int(self.t5_config.get("vocab_size", DEFAULT_T5["vocab_size"]))
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MammalConfig:
-        """Build from a dict, ignoring (and logging) keys it does not know."""
-        if not isinstance(data, dict):
-            raise CheckpointError(f"a MAMMAL config must be a dict, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in data if k not in names)
-        if unknown:
-            log.debug(f"MammalConfig: ignoring unknown keys {unknown}")
-        kwargs = {k: v for k, v in data.items() if k in names}
-        t5 = dict(DEFAULT_T5)
-        t5.update(dict(kwargs.get("t5_config") or {}))
-        kwargs["t5_config"] = t5
-        return cls(**kwargs)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The official layout plus our ``normalization``/``extra`` keys."""
-        return json.loads(json.dumps(dataclasses.asdict(self), default=str))
-
-    @classmethod
-    def from_json_file(cls, path: str | os.PathLike) -> MammalConfig:
-        """Read ``config.json``."""
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except json.JSONDecodeError as exc:
-            raise CheckpointError(f"{path} is not valid JSON ({exc})") from exc
-
-    def to_json_file(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` (sorted keys, like the official writer)."""
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-        return path
-
-    def to_t5_config(self) -> Any:
+    def to_t5_config(self) -> T5Config:
         """A ``transformers.T5Config`` with the lm_head untied and no decoder-output rescale.
 
         transformers 5 forces ``tie_word_embeddings=True`` in ``T5Config`` and derives

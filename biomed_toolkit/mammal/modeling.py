@@ -1,8 +1,8 @@
 """``MammalModel``: transformers T5 + encoder head + scalar head + input-scalar projection.
 
-Loads the official ``config.json`` + ``model.safetensors`` (the shared embedding stored under any
-of its three names), official Lightning ``.ckpt`` files (through the restricted unpickler only)
-and our own ``save_pretrained`` folders.
+The network only; the lifecycle (``from_pretrained``, ``save_pretrained``, card, inference mode,
+LoRA merge) comes from :class:`~biomed_toolkit.core.model.BaseModel`, and the official formats
+(Lightning ``.ckpt``) are read in :mod:`biomed_toolkit.mammal.loading`.
 
 Examples
 --------
@@ -14,17 +14,23 @@ Examples
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
 
 import torch
 from torch import nn
 
 from biomed_toolkit.core.errors import CheckpointError, PromptError
 from biomed_toolkit.core.log import get_logger
+from biomed_toolkit.core.model import BaseModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+    from biomed_toolkit.core.hub import ResolvedModel
 
 from .configuration import MammalConfig
 from .tokenizer import Batch, Tokenizer
@@ -123,7 +129,7 @@ class _Head(nn.Module):
         return self.classifier(x)
 
 
-class MammalModel(nn.Module):
+class MammalModel(BaseModel):
     """MAMMAL encoder-decoder with its heads.
 
     Parameters
@@ -142,11 +148,14 @@ class MammalModel(nn.Module):
     True
     """
 
+    config_class = MammalConfig
+    family = "mammal"
+    config: MammalConfig
+
     def __init__(self, config: MammalConfig, tokenizer: Tokenizer | None = None) -> None:
-        super().__init__()
+        super().__init__(config)
         from transformers import T5ForConditionalGeneration
 
-        self.config = config
         t5cfg = config.to_t5_config()
         self.t5_model = T5ForConditionalGeneration(t5cfg)
         t5 = self.t5_model
@@ -163,13 +172,12 @@ class MammalModel(nn.Module):
         )
         self.project_input_scalars = nn.Linear(1, d) if config.support_input_scalars else None
         self.tokenizer = tokenizer
-        self.card: Any = None
+        #: Held-out metrics of the last :func:`~biomed_toolkit.mammal.training.finetune` (DataFrame).
+        self.test_metrics: pd.DataFrame | None = None
+        #: Split label of every row of the table that fine-tune was given.
+        self.splits: np.ndarray | None = None
 
     # ------------------------------------------------------------------ helpers
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
 
     def encode(self, prompts: str | Sequence[str], **kwargs: Any) -> Batch:
         """Tokenize prompt(s) with the model's tokenizer (see :meth:`Tokenizer.__call__`).
@@ -253,7 +261,7 @@ class MammalModel(nn.Module):
         )
         return DecoderOutput(out.logits, h)
 
-    def forward(self, batch: Batch, decoder_input_ids: torch.Tensor | None = None) -> Any:
+    def forward(self, batch: Batch, decoder_input_ids: torch.Tensor | None = None) -> EncoderOutput | DecoderOutput:
         """Encoder-only output, or teacher-forced logits when ``decoder_input_ids`` is given."""
         if decoder_input_ids is None:
             return self.encoder_only(batch)
@@ -334,52 +342,64 @@ class MammalModel(nn.Module):
         finally:
             self.train(was_training)
 
-    # ------------------------------------------------------------------ persistence
+    # ------------------------------------------------------------------ lifecycle hooks
 
-    def merge_lora(self) -> MammalModel:
-        """Fold LoRA adapters (from ``finetune(..., lora=True)``) into the base weights, in place.
+    def lora_targets(self) -> list[str]:
+        """LoRA adapts the attention ``q`` and ``v`` projections of every block."""
+        return ["q", "v"]
 
-        Examples
-        --------
-        >>> model.merge_lora().save_pretrained("merged")  # doctest: +SKIP
-        """
-        from peft.tuners.lora import LoraLayer
+    def _freeze_patterns(self, n_blocks: int) -> list[str]:
+        """The shared embedding, the input-scalar projection and the first ``n_blocks`` encoder blocks."""
+        return ["t5_model.shared.*", "project_input_scalars.*",
+                *(f"t5_model.encoder.block.{i}.*" for i in range(int(n_blocks)))]
 
-        for name, module in list(self.named_modules()):
-            if isinstance(module, LoraLayer):
-                module.merge()
-                parent_name, _, child = name.rpartition(".")
-                setattr(self.get_submodule(parent_name) if parent_name else self, child, module.get_base_layer())
-        for p in self.parameters():
-            p.requires_grad_(True)
-        return self
+    def task_description(self) -> str | None:
+        """The task recorded in ``config.extra["task"]`` (our checkpoints), else None."""
+        task = (self.config.extra or {}).get("task")
+        return str(task) if task is not None else None
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json``, ``model.safetensors`` (shared table stored once) and ``tokenizer/``.
+    def _load_extras(self, folder: Path) -> None:
+        """The tokenizer from ``folder/tokenizer`` (or ``folder`` itself) when there is one."""
+        for cand in (folder / "tokenizer", folder):
+            if (cand / "config.yaml").is_file():
+                self.tokenizer = Tokenizer.from_pretrained(cand)
+                return
+        log.warning(f"no tokenizer/ folder in {folder}; model.tokenizer is None")
 
-        Examples
-        --------
-        >>> model.save_pretrained("my_mammal")  # doctest: +SKIP
-        """
-        from biomed_toolkit.core.weights import save_safetensors
-
-        if any("lora_" in k for k in self.state_dict()):
-            raise CheckpointError("the model carries LoRA adapters: call model.merge_lora() before save_pretrained")
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.config.to_json_file(folder / "config.json")
-        state = {k: v for k, v in self.state_dict().items()}
-        save_safetensors(state, folder / "model.safetensors")
+    def _save_extras(self, folder: Path) -> None:
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder / "tokenizer")
-        return folder
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, *, device: Any = "auto") -> MammalModel:
-        """Same as :func:`load`."""
-        return load(name_or_path, device=device)
+    def _load_own(cls, folder: Path) -> Self:
+        """A ``config.json`` + ``model.safetensors`` folder (official hub layout or ours).
 
-    def load_weights(self, state_dict: dict[str, torch.Tensor], *, source: str = "checkpoint") -> None:
+        The MAMMAL layout has no ``model_type``; a config without ``t5_config`` belongs to another
+        family and is refused before any network is built.
+        """
+        import json
+
+        try:
+            data = json.loads((folder / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{folder / 'config.json'} is not valid JSON ({exc})") from None
+        if not isinstance(data, dict) or "t5_config" not in data:
+            kind = data.get("model_type") if isinstance(data, dict) else None
+            raise CheckpointError(
+                f"{folder} is not a MAMMAL model: its config.json has no t5_config"
+                + (f" (model_type {kind!r})" if kind else ""))
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():  # every tensor is overwritten by the strict load: skip random init
+            return super()._load_own(folder)
+
+    @classmethod
+    def _load_official(cls, path: Path, resolved: ResolvedModel) -> Self:
+        from .loading import load_official
+
+        return load_official(cls, path, resolved)
+
+    def load_weights(self, state_dict: Mapping[str, torch.Tensor], *, source: str = "checkpoint") -> None:
         """Copy weights in; the shared table may come under any of its three names."""
         from biomed_toolkit.core.weights import load_state_dict
 
@@ -401,179 +421,4 @@ class MammalModel(nn.Module):
         t5.decoder.embed_tokens = t5.shared
 
 
-# ---------------------------------------------------------------------------- loading
-
-
-def _infer_config(sd: dict[str, torch.Tensor]) -> MammalConfig:
-    """Rebuild the architecture from tensor shapes (a ckpt without a usable config)."""
-    table = next(sd[n] for n in _SHARED_NAMES if n in sd)
-    vocab, d = table.shape
-    bias = sd["t5_model.encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
-    heads = bias.shape[1]
-    inner = sd["t5_model.encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0]
-    d_ff = sd["t5_model.encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0]
-    n_enc = len({k.split(".")[3] for k in sd if k.startswith("t5_model.encoder.block.")})
-    n_dec = len({k.split(".")[3] for k in sd if k.startswith("t5_model.decoder.block.")})
-    lin = sorted(
-        (int(k.split(".")[2]), v.shape[0]) for k, v in sd.items() if k.startswith("encoder_head.classifier.") and k.endswith(".weight")
-    )
-    layers = [n for _, n in lin[:-1]]
-    # Slot gaps of 3 mean Dropout modules were present.
-    dropout = 0.2 if len(lin) > 1 and lin[1][0] - lin[0][0] == 3 else 0.0
-    sp_lin = [v.shape[0] for k, v in sorted(sd.items()) if k.startswith("scalars_prediction_head.") and k.endswith(".weight")]
-    return MammalConfig.from_dict(
-        {
-            "t5_config": {
-                "vocab_size": int(vocab),
-                "d_model": int(d),
-                "d_kv": int(inner // heads),
-                "num_heads": int(heads),
-                "d_ff": int(d_ff),
-                "num_layers": n_enc,
-                "num_decoder_layers": n_dec,
-                "relative_attention_num_buckets": int(bias.shape[0]),
-            },
-            "encoder_head_layers": layers,
-            "encoder_head_dropout": dropout,
-            "scalars_prediction_head": {"layers": sp_lin[:-1], "dropout": 0.0, "num_classes": sp_lin[-1]}
-            if sp_lin
-            else None,
-            "support_input_scalars": "project_input_scalars.weight" in sd,
-        }
-    )
-
-
-def _find_config_in(obj: Any, depth: int = 0) -> dict[str, Any] | None:
-    """A dict with a ``t5_config`` key anywhere in pickled hyper-parameters."""
-    if depth > 4:
-        return None
-    if hasattr(obj, "to_dict") and not isinstance(obj, dict):
-        try:
-            obj = obj.to_dict()
-        except Exception:  # noqa: BLE001 - not a config holder
-            return None
-    if isinstance(obj, dict):
-        if "t5_config" in obj:
-            return obj
-        for v in obj.values():
-            found = _find_config_in(v, depth + 1)
-            if found is not None:
-                return found
-    return None
-
-
-def _load_ckpt(path: Path) -> tuple[MammalConfig, dict[str, torch.Tensor]]:
-    from biomed_toolkit.core.safe_pickle import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    sd = ckpt.get("state_dict", ckpt)
-    if not isinstance(sd, dict) or not sd:
-        raise CheckpointError(f"{path} holds no state_dict")
-    for prefix in ("_model.", "model."):
-        if all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix) :]: v for k, v in sd.items()}
-            break
-    if not any(n in sd for n in _SHARED_NAMES):
-        raise CheckpointError(
-            f"{path} is not a MAMMAL checkpoint: no t5_model.* embedding among its keys "
-            f"(first keys: {list(sd)[:5]})"
-        )
-    cfg_dict = _find_config_in(ckpt.get("hyper_parameters", {}))
-    if cfg_dict is None and (path.parent / "config.json").is_file():
-        return MammalConfig.from_json_file(path.parent / "config.json"), sd
-    if cfg_dict is not None:
-        t5 = cfg_dict.get("t5_config")
-        if hasattr(t5, "to_dict"):
-            cfg_dict = {**cfg_dict, "t5_config": t5.to_dict()}
-        return MammalConfig.from_dict(cfg_dict), sd
-    log.info(f"{path.name}: no config stored; architecture inferred from tensor shapes")
-    return _infer_config(sd), sd
-
-
-def load(name_or_path: str | os.PathLike | None = None, *, device: Any = "auto") -> MammalModel:
-    """Load a MAMMAL model (in eval mode) with its tokenizer and model card.
-
-    Parameters
-    ----------
-    name_or_path
-        ``None`` for the embedded demo model; a registry name or hub id (see
-        ``bt.hub.list_models("mammal")``); a folder with ``config.json`` + ``model.safetensors``
-        (official or ours) and ``tokenizer/``; or a Lightning ``.ckpt`` file (read through the
-        restricted unpickler; weights prefixed ``_model.``).
-    device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a ``torch.device``.
-
-    Returns
-    -------
-    MammalModel
-        With ``.tokenizer`` (if the folder has one) and ``.card``.
-
-    Examples
-    --------
-    >>> import biomed_toolkit as bt
-    >>> model = bt.mammal.load()  # doctest: +SKIP
-    >>> model.card.name  # doctest: +SKIP
-    'mammal-demo'
-    """
-    from biomed_toolkit.core import hub
-    from biomed_toolkit.core.device import resolve_device
-    from biomed_toolkit.core.weights import read_safetensors
-
-    if name_or_path is None:
-        spec = hub.default_model("mammal")
-        resolved = hub.resolve(spec.name, family="mammal")
-    else:
-        resolved = hub.resolve(name_or_path, family="mammal")
-    path = Path(resolved.path)
-    ckpt_file = None
-    if path.is_file():
-        if path.suffix in (".ckpt", ".pt"):
-            ckpt_file = path
-        elif path.suffix == ".safetensors":
-            path = path.parent
-        else:
-            raise CheckpointError(f"{path}: expected a folder, a .safetensors or a .ckpt file")
-    elif not (path / "model.safetensors").is_file():
-        ckpts = sorted(path.glob("*.ckpt"))
-        if not ckpts:
-            have = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
-            raise CheckpointError(
-                f"{path} has no model.safetensors and no .ckpt (found {have}); a MAMMAL folder "
-                "needs config.json + model.safetensors + tokenizer/"
-            )
-        ckpt_file = ckpts[0]
-    if ckpt_file is not None:
-        config, sd = _load_ckpt(ckpt_file)
-        folder = ckpt_file.parent
-        weights = ckpt_file
-    else:
-        if not (path / "config.json").is_file():
-            raise CheckpointError(f"{path} has model.safetensors but no config.json")
-        config = MammalConfig.from_json_file(path / "config.json")
-        sd, _ = read_safetensors(path / "model.safetensors")
-        folder = path
-        weights = path / "model.safetensors"
-    tokenizer = None
-    for cand in (folder / "tokenizer", folder):
-        if (cand / "config.yaml").is_file():
-            tokenizer = Tokenizer.from_pretrained(cand)
-            break
-    if tokenizer is None:
-        log.warning(f"no tokenizer/ folder next to {weights}; model.tokenizer is None")
-    model = MammalModel(config, tokenizer)
-    model.load_weights(sd, source=str(weights))
-    model.eval()
-    model.to(resolve_device(device))
-    name = resolved.spec.name if resolved.spec is not None else str(path)
-    model.card = hub.make_card(
-        name,
-        "mammal",
-        resolved.source,
-        weights,
-        config=config.to_dict(),
-        task=resolved.spec.task if resolved.spec is not None else config.extra.get("task"),
-    )
-    return model
-
-
-__all__ = ["DecoderOutput", "EncoderOutput", "GenerationResult", "MammalModel", "load"]
+__all__ = ["DecoderOutput", "EncoderOutput", "GenerationResult", "MammalModel"]

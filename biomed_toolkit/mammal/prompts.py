@@ -377,6 +377,42 @@ def solubility(smiles: str, *, max_len: int = 256) -> str:
     )
 
 
+def molecule_regression(smiles: str, *, max_len: int = 256) -> str:
+    """Encoder-only prompt for any scalar property of a molecule (``<REGRESSION>`` task token).
+
+    The scalar head is read at ``<MASK>`` (position 0); fine-tune it on your own values with
+    ``bt.mammal.finetune(model, "molecule_regression", table)``.
+
+    Examples
+    --------
+    >>> molecule_regression("CCO").startswith("<@TOKENIZER-TYPE=SMILES><MASK><REGRESSION>")
+    True
+    """
+    check_smiles(smiles)
+    return (
+        "<@TOKENIZER-TYPE=SMILES><MASK><REGRESSION>"
+        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(max_len)}>"
+        "<MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><SEQUENCE_NATURAL_START>"
+        f"{smiles}<SEQUENCE_NATURAL_END><EOS>"
+    )
+
+
+def molecule_classification(smiles: str, *, max_len: int = 2100) -> str:
+    """Prompt for any binary label of a molecule (``<BINARY>`` task token, answer ``<0>``/``<1>``).
+
+    Examples
+    --------
+    >>> "<BINARY><SENTINEL_ID_0>" in molecule_classification("CCO")
+    True
+    """
+    check_smiles(smiles)
+    return (
+        "<@TOKENIZER-TYPE=SMILES><MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><BINARY><SENTINEL_ID_0>"
+        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(max_len)}><SEQUENCE_NATURAL_START>{smiles}"
+        "<SEQUENCE_NATURAL_END><EOS>"
+    )
+
+
 def tcr_epitope(tcr: str, epitope: str) -> str:
     """TCR beta chain - epitope binding prompt (answer ``<SENTINEL_ID_0><0|1><EOS>``).
 
@@ -509,7 +545,9 @@ __all__ = [
     "check_protein",
     "check_smiles",
     "dti",
+    "molecule_classification",
     "molecule_property",
+    "molecule_regression",
     "parse",
     "parse_scalar_literals",
     "ppi",

@@ -11,9 +11,10 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -24,7 +25,17 @@ from biomed_toolkit.core.progress import progress as _progress
 
 from . import prompts
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .modeling import MammalModel
+    from .tokenizer import Batch, Tokenizer
+
 log = get_logger(__name__)
+
+TaskName = Literal["dti", "ppi", "bbbp", "clintox", "fda_approval", "tcr", "solubility", "esol",
+                   "molecule_regression", "molecule_classification", "generate"]
+TaskKind = Literal["regression", "classification", "generation"]
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ class Task:
     """
 
     name: str
-    kind: str
+    kind: TaskKind
     inputs: tuple[str, ...]
     build: Callable[..., str]
     description: str
@@ -98,13 +109,20 @@ TASKS: dict[str, Task] = {
                 _CLS, aliases={"tcr": ("tcr_beta", "cdr3", "cdr3b"), "epitope": ("peptide", "antigen")}),
     "solubility": Task("solubility", "regression", ("smiles",), prompts.solubility,
                        "aqueous solubility log S (demo model)", _REG, "log mol/L", None, {"smiles": _SMI}),
+    "molecule_regression": Task("molecule_regression", "regression", ("smiles",), prompts.molecule_regression,
+                                "any scalar property of a molecule (fine-tune it on your values)", _REG,
+                                aliases={"smiles": _SMI}),
+    "molecule_classification": Task("molecule_classification", "classification", ("smiles",),
+                                    prompts.molecule_classification,
+                                    "any binary label of a molecule (fine-tune it on your labels)", _CLS,
+                                    aliases={"smiles": _SMI}),
     "generate": Task("generate", "generation", ("prompt",), _identity, "free generation from a prompt",
                      "decoded tokens with per-token probabilities"),
 }
 TASKS["esol"] = TASKS["solubility"]
 
 
-def get_task(task: str | Task) -> Task:
+def get_task(task: TaskName | str | Task) -> Task:
     """Look up a task by name (case-insensitive)."""
     if isinstance(task, Task):
         return task
@@ -114,7 +132,7 @@ def get_task(task: str | Task) -> Task:
     return TASKS[key]
 
 
-def _rows(task: Task, inputs: Any) -> Any:
+def _rows(task: Task, inputs: Any) -> pd.DataFrame:
     """Inputs as a DataFrame with the task's column names."""
     import pandas as pd
 
@@ -150,7 +168,7 @@ def _rows(task: Task, inputs: Any) -> Any:
     return pd.DataFrame(out, index=df.index)
 
 
-def _norm(model: Any, task: Task) -> tuple[float, float]:
+def _norm(model: MammalModel, task: Task) -> tuple[float, float]:
     stats = (getattr(model.config, "normalization", None) or {}).get(task.name)
     if stats:
         return float(stats["mean"]), float(stats["std"])
@@ -160,7 +178,7 @@ def _norm(model: Any, task: Task) -> tuple[float, float]:
     return 0.0, 1.0
 
 
-def build_prompts(task: str | Task, df: Any, **prompt_kwargs: Any) -> tuple[list[str | None], list[str | None]]:
+def build_prompts(task: TaskName | Task, df: pd.DataFrame, **prompt_kwargs: Any) -> tuple[list[str | None], list[str | None]]:
     """Prompt per row, or ``None`` plus the error text for rows that cannot be built."""
     t = get_task(task)
     out: list[str | None] = []
@@ -177,17 +195,145 @@ def build_prompts(task: str | Task, df: Any, **prompt_kwargs: Any) -> tuple[list
     return out, errs
 
 
+# ----------------------------------------------------------------------------- scoring engine
+
+
+class _Encode:
+    """Collate for scoring: tokenizes each prompt ONCE (validation in the same pass), then pads.
+
+    Items are ``(row, prompt)``; returns ``(rows_ok, batch or None, [(row, error), ...])``.
+    Picklable, so that DataLoader workers run it alongside the model.
+    """
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[tuple[int, str]]) -> tuple[list[int], Batch | None, list[tuple[int, str]]]:
+        good: list[int] = []
+        encoded = []
+        bad: list[tuple[int, str]] = []
+        for row, prompt in items:
+            try:
+                encoded.append(self.tokenizer.encode_one(prompt))
+                good.append(row)
+            except PromptError as exc:
+                bad.append((row, f"PromptError: {exc}"))
+        batch = self.tokenizer.pad(encoded) if encoded else None
+        return good, batch, bad
+
+
+class _DistEncode(_Encode):
+    """Collate of the distributed path: a batch plus a 0/1 ``ok`` flag per item (numeric outputs only)."""
+
+    def __call__(self, items: list[tuple[int, str]]) -> dict[str, Any]:  # type: ignore[override]
+        good, batch, _ = super().__call__(items)
+        ok = torch.zeros(len(items), dtype=torch.bool)
+        pos = {row: j for j, (row, _) in enumerate(items)}
+        for row in good:
+            ok[pos[row]] = True
+        return {"batch": batch, "ok": ok}
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 (fp16 without bf16 support) autocast on CUDA; nothing elsewhere."""
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+class _Scorer:
+    """One batch -> numeric outputs for a regression or classification task (picklable)."""
+
+    def __init__(self, model: MammalModel, kind: TaskKind, mean: float, std: float) -> None:
+        self.model, self.kind, self.mean, self.std = model, kind, mean, std
+        tok = model.tokenizer
+        self.id0 = tok.special_tokens.get("<0>") if tok is not None else None
+        self.id1 = tok.special_tokens.get("<1>") if tok is not None else None
+
+    def score(self, batch: Batch) -> dict[str, Any]:
+        model = self.model
+        batch = batch.to(model.device)
+        with _autocast(model.device):
+            if self.kind == "regression":
+                # Only position 0 (<MASK>) is read: skip the vocabulary-sized encoder head.
+                h0 = model.run_encoder(batch)[:, 0]
+                pred = model.scalars_prediction_head(h0)[:, 0].float() * self.std + self.mean
+                return {"prediction": pred}
+            res = model.generate(batch, max_new_tokens=3, output_scores=True)
+        n = len(batch)
+        if res.ids.shape[1] > 1:  # the label is the token after <SENTINEL_ID_0>
+            prob = res.probabilities(1)[:, self.id1]
+            step1 = res.ids[:, 1]
+        else:  # every answer ended at once: no label step
+            prob = torch.full((n,), float("nan"))
+            step1 = torch.full((n,), -1)
+        lab = torch.where(step1 == self.id1, 1, torch.where(step1 == self.id0, 0, -1))
+        return {"prediction": lab, "probability": prob, "texts": res.texts}
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, torch.Tensor]:
+        ok = data["ok"]
+        n = len(ok)
+        pred = torch.full((n,), float("nan"))
+        prob = torch.full((n,), float("nan"))
+        if data["batch"] is not None:
+            out = self.score(data["batch"])
+            pred[ok.cpu()] = out["prediction"].float().cpu()
+            if "probability" in out:
+                prob[ok.cpu()] = out["probability"].float().cpu()
+        return {"prediction": pred, "probability": prob, "ok": ok.float()}
+
+
+class _Rows(torch.utils.data.Dataset):
+    def __init__(self, items: list[tuple[int, str]]) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[int, str]:
+        return self.items[i]
+
+
+def _batches(order: list[int], built: list[str | None], batch_size: int, max_tokens: int | None) -> Iterator[list[tuple[int, str]]]:
+    """Length-sorted batches of ``batch_size`` prompts (fewer when ``max_tokens`` characters are exceeded)."""
+    cur: list[tuple[int, str]] = []
+    for i in order:
+        p = built[i]
+        assert p is not None
+        if cur and (len(cur) >= batch_size or (max_tokens and (len(cur) + 1) * len(p) > max_tokens)):
+            yield cur
+            cur = []
+        cur.append((i, p))
+    if cur:
+        yield cur
+
+
+def _default_kwargs(model: MammalModel, task: Task, prompt_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    kw = dict((model.config.extra or {}).get("prompt_kwargs", {}).get(task.name, {}))
+    kw.update(prompt_kwargs or {})
+    return kw
+
+
 def predict(
-    model: Any,
-    task: str | Task,
-    inputs: Any,
+    model: MammalModel,
+    task: TaskName | Task,
+    inputs: pd.DataFrame | Mapping[str, Sequence[Any]] | Sequence[Any] | str,
     *,
     batch_size: int = 32,
     progress: bool = True,
     max_new_tokens: int = 20,
     prompt_kwargs: Mapping[str, Any] | None = None,
-) -> Any:
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    devices: int | str | list[int] | None = None,
+    num_nodes: int = 1,
+) -> pd.DataFrame:
     """Run a task on many inputs; bad rows get an ``error`` entry and the rest goes on.
+
+    Every prompt is tokenized once (the tokenizer validates it in the same pass), prompts are
+    batched by length (less padding), tokenization runs in ``num_workers`` DataLoader workers
+    alongside the model, and CUDA runs under bf16 / fp16 autocast.
 
     Parameters
     ----------
@@ -195,7 +341,8 @@ def predict(
         A loaded :class:`~biomed_toolkit.mammal.modeling.MammalModel`.
     task
         A key of :data:`TASKS`: ``"dti"``, ``"ppi"``, ``"bbbp"``, ``"clintox"``, ``"tcr"``,
-        ``"solubility"``/``"esol"``, ``"generate"``.
+        ``"solubility"``/``"esol"``, ``"molecule_regression"``, ``"molecule_classification"``,
+        ``"generate"``.
     inputs
         DataFrame or dict with the task's columns (``Task.inputs``, aliases accepted), a list of
         values (one-input tasks) or a list of tuples.
@@ -206,6 +353,13 @@ def predict(
     prompt_kwargs
         Extra builder options (e.g. ``{"protein_max_len": 512}``); defaults come from the model
         (``config.extra["prompt_kwargs"][task]``).
+    num_workers
+        DataLoader worker processes that tokenize the next batches while the model runs.
+    accelerator, devices, num_nodes
+        ``devices=None`` (default) scores in this process on the model's device. Anything else
+        shards the batches over processes / GPUs / nodes through
+        :func:`biomed_toolkit.core.inference.distributed_predict` (Lightning; the same scores as
+        one process); not for ``"generate"``, and classification ``answer`` texts stay None.
 
     Returns
     -------
@@ -224,67 +378,67 @@ def predict(
     t = get_task(task)
     if model.tokenizer is None:
         raise InputError("the model has no tokenizer; load it from a folder with tokenizer/")
+    if t.kind == "regression" and model.scalars_prediction_head is None:
+        raise InputError("the model has no scalar head; it cannot do regression tasks")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     df = _rows(t, inputs)
-    kw = dict((getattr(model.config, "extra", {}) or {}).get("prompt_kwargs", {}).get(t.name, {}))
-    kw.update(prompt_kwargs or {})
-    built, errors = build_prompts(t, df, **kw)
+    built, errors = build_prompts(t, df, **_default_kwargs(model, t, prompt_kwargs))
     n = len(df)
     pred = np.full(n, np.nan)
     prob = np.full(n, np.nan)
     answers: list[str | None] = [None] * n
-    labels = np.full(n, -1, dtype=np.int64)
-    ok = [i for i in range(n) if built[i] is not None]
-    ok.sort(key=lambda i: len(built[i]))  # similar lengths per batch: less padding
+    ok = sorted((i for i in range(n) if built[i] is not None), key=lambda i: len(built[i]))  # type: ignore[arg-type]
     mean, std = _norm(model, t) if t.kind == "regression" else (0.0, 1.0)
+    scorer = _Scorer(model, t.kind, mean, std)
     tok = model.tokenizer
-    id0, id1 = tok.special_tokens.get("<0>"), tok.special_tokens.get("<1>")
-    chunks = [ok[i : i + batch_size] for i in range(0, len(ok), batch_size)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for chunk in _progress(chunks, total=len(chunks), desc=f"mammal {t.name}", enabled=None if progress else False):
-                good = []
-                for i in chunk:
-                    try:
-                        tok.encode_one(built[i])
-                        good.append(i)
-                    except PromptError as exc:
-                        errors[i] = f"PromptError: {exc}"
-                if not good:
+    if devices is not None and t.kind != "generation" and ok:
+        from biomed_toolkit.core.inference import distributed_predict
+
+        items = [(i, built[i]) for i in ok]
+        with model.inference():
+            out = distributed_predict(scorer, _Rows(items), batch_size=batch_size, collate_fn=_DistEncode(tok),
+                                      module=model, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                                      progress=progress)
+        rows = np.asarray(ok)
+        good = out["ok"] > 0.5
+        pred[rows[good]] = out["prediction"][good]
+        prob[rows[good]] = out["probability"][good]
+        for i in rows[~good]:  # re-tokenize only the failures, for their message
+            try:
+                tok.encode_one(built[i])  # type: ignore[arg-type]
+            except PromptError as exc:
+                errors[i] = f"PromptError: {exc}"
+        labels = np.where(np.isfinite(pred), pred, -1).astype(np.int64)  # answer texts stay None here
+    else:
+        labels = np.full(n, -1, dtype=np.int64)
+        chunks = list(_batches(ok, built, batch_size, None))
+        loader = torch.utils.data.DataLoader(chunks, batch_size=None, collate_fn=_Encode(tok), num_workers=num_workers)
+        with model.inference():
+            for good, batch, bad in _progress(loader, total=len(chunks), desc=f"mammal {t.name}",
+                                              enabled=None if progress else False):
+                for i, err in bad:
+                    errors[i] = err
+                if batch is None:
                     continue
-                batch = model.encode([built[i] for i in good])
                 if t.kind == "regression":
-                    if model.scalars_prediction_head is None:
-                        raise InputError("the model has no scalar head; it cannot do regression tasks")
-                    # Only position 0 (<MASK>) is read: skip the vocabulary-sized encoder head.
-                    h0 = model.run_encoder(batch.to(model.device))[:, 0]
-                    pred[good] = model.scalars_prediction_head(h0)[:, 0].float().cpu().numpy() * std + mean
+                    pred[good] = scorer.score(batch)["prediction"].cpu().numpy()
                 elif t.kind == "classification":
-                    res = model.generate(batch, max_new_tokens=3, output_scores=True)
-                    if res.ids.shape[1] > 1:  # the label is the token after <SENTINEL_ID_0>
-                        prob[good] = res.probabilities(1)[:, id1].numpy()
-                        step1 = res.ids[:, 1]
-                    else:  # every answer ended at once: no label step
-                        step1 = torch.full((len(good),), -1)
-                    lab = torch.where(step1 == id1, 1, torch.where(step1 == id0, 0, -1))
-                    labels[good] = lab.numpy()
-                    pred[good] = lab.numpy()
+                    res = scorer.score(batch)
+                    prob[good] = res["probability"].numpy()
+                    labels[good] = res["prediction"].numpy()
                     for j, i in enumerate(good):
-                        answers[i] = res.texts[j]
+                        answers[i] = res["texts"][j]
                 else:
                     res = model.generate(batch, max_new_tokens=max_new_tokens)
-                    mp = torch.nanmean(res.token_probabilities, dim=1).numpy()
-                    prob[good] = mp
+                    prob[good] = torch.nanmean(res.token_probabilities, dim=1).numpy()
                     for j, i in enumerate(good):
                         answers[i] = res.texts[j]
-    finally:
-        model.train(was_training)
     out_df = df.copy()
     if t.kind == "regression":
         out_df["prediction"] = pred
         # The demo predicts KIBA scores for "dti"; the official fine-tuned model predicts pKd.
-        stats = (getattr(model.config, "normalization", None) or {}).get(t.name) or {}
+        stats = (model.config.normalization or {}).get(t.name) or {}
         out_df.attrs["unit"] = stats.get("unit", t.unit)
     elif t.kind == "classification":
         out_df["prediction"] = labels
@@ -302,7 +456,7 @@ def predict(
 
 
 def virtual_screen(
-    model: Any,
+    model: MammalModel,
     target: str,
     smiles_list: Sequence[str],
     *,
@@ -310,8 +464,12 @@ def virtual_screen(
     progress: bool = True,
     top_k: int | None = None,
     prompt_kwargs: Mapping[str, Any] | None = None,
-) -> Any:
-    """Score many molecules against one protein target (DTI pKd) and rank them.
+    num_workers: int = 0,
+    accelerator: str = "auto",
+    devices: int | str | list[int] | None = None,
+    num_nodes: int = 1,
+) -> pd.DataFrame:
+    """Score many molecules against one protein target (DTI) and rank them.
 
     Parameters
     ----------
@@ -320,14 +478,17 @@ def virtual_screen(
     target
         Protein sequence (validated once).
     smiles_list
-        Molecules (10,000 and more are fine; invalid ones get an ``error`` and rank last).
+        Molecules (invalid ones get an ``error`` and rank last). For libraries larger than
+        memory use :func:`screen_file`.
     top_k
         Keep only the best ``top_k`` rows.
+    num_workers, accelerator, devices, num_nodes
+        As in :func:`predict` (tokenization workers; sharding over processes / GPUs / nodes).
 
     Returns
     -------
     pandas.DataFrame
-        ``rank``, ``smiles``, ``prediction`` (pKd), ``error``, sorted best first.
+        ``rank``, ``smiles``, ``prediction`` (pKd, or KIBA score for the demo), ``error``, best first.
 
     Examples
     --------
@@ -339,7 +500,8 @@ def virtual_screen(
         raise InputError("smiles_list is empty")
     df = predict(
         model, "dti", {"protein": [target] * len(smiles), "smiles": smiles},
-        batch_size=batch_size, progress=progress, prompt_kwargs=prompt_kwargs,
+        batch_size=batch_size, progress=progress, prompt_kwargs=prompt_kwargs, num_workers=num_workers,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes,
     )
     df = df.drop(columns=["protein"]).sort_values("prediction", ascending=False, na_position="last", kind="stable")
     df.insert(0, "rank", np.arange(1, len(df) + 1))
@@ -347,4 +509,4 @@ def virtual_screen(
     return df.head(top_k) if top_k is not None else df
 
 
-__all__ = ["TASKS", "Task", "build_prompts", "get_task", "predict", "virtual_screen"]
+__all__ = ["TASKS", "Task", "TaskKind", "TaskName", "build_prompts", "get_task", "predict", "virtual_screen"]

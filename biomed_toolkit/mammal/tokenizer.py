@@ -21,7 +21,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,9 @@ import torch
 from biomed_toolkit.core.errors import PromptError
 
 from .prompts import SCALAR_TYPES, parse
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 SCALAR_FILL = -1000.0  # the official value where a position holds no scalar
 _CACHE_MAX = 200_000
@@ -388,16 +391,34 @@ class Tokenizer:
         per_prompt = scalars if isinstance(scalars, Sequence) and not isinstance(scalars, str) else None
         if per_prompt is not None and len(per_prompt) != len(prompts):
             raise PromptError(f"got {len(per_prompt)} scalars mappings for {len(prompts)} prompts")
-        rows: list[list[int]] = []
-        svals: dict[int, list[float]] = {}
+        encoded: list[tuple[list[int], list[float] | None]] = []
         for i, p in enumerate(prompts):
             sc = per_prompt[i] if per_prompt is not None else scalars
             try:
-                ids, vals = self.encode_one(p, strict=strict, scalars=sc)  # type: ignore[arg-type]
+                encoded.append(self.encode_one(p, strict=strict, scalars=sc))  # type: ignore[arg-type]
             except PromptError as exc:
                 if len(prompts) > 1:
                     raise PromptError(f"prompt {i}: {exc}") from None
                 raise
+        return self.pad(encoded, prompts, max_seq_len=max_seq_len, padding=padding)
+
+    def pad(
+        self,
+        encoded: Sequence[tuple[Sequence[int], Sequence[float] | None]],
+        prompts: Sequence[str] = (),
+        *,
+        max_seq_len: int | None = None,
+        padding: str = "longest",
+    ) -> Batch:
+        """A :class:`Batch` from :meth:`encode_one` results (prompts tokenized once, padded later).
+
+        Examples
+        --------
+        >>> batch = tok.pad([tok.encode_one(p) for p in prompts])  # doctest: +SKIP
+        """
+        rows: list[Sequence[int]] = []
+        svals: dict[int, Sequence[float]] = {}
+        for i, (ids, vals) in enumerate(encoded):
             if max_seq_len is not None and len(ids) > max_seq_len:
                 ids = ids[:max_seq_len]
                 if vals is not None:
@@ -426,7 +447,7 @@ class Tokenizer:
             torch.from_numpy(mask),
             torch.from_numpy(values),
             torch.from_numpy(valid),
-            prompts,
+            list(prompts),
         )
 
     # ------------------------------------------------------------------ decoding / inspection
@@ -458,7 +479,7 @@ class Tokenizer:
 
     def token_breakdown(
         self, prompt: str, *, strict: bool = True, scalars: Mapping[str, Any] | None = None
-    ) -> Any:
+    ) -> pd.DataFrame:
         """One row per token of ``prompt``: what it is, its id and which sub-tokenizer made it.
 
         Returns

@@ -1,18 +1,25 @@
-"""Fine-tuning MAMMAL through ``bt.train.fit``: encoder-only scalar regression and
-generation-based classification, optionally with LoRA.
+"""Fine-tuning MAMMAL on your own table: Lightning modules and :func:`finetune` (the core contract).
+
+``finetune(model, task, table, split=...)`` splits the table the way drug-discovery results are
+evaluated (random, cold drug, cold target, scaffold), trains through
+:func:`biomed_toolkit.core.finetune.finetune_model` (LoRA on by default above 100M parameters),
+and returns a NEW model whose ``history`` holds the training curve and, in
+``history.attrs["test_metrics"]`` and ``model.test_metrics``, the held-out metrics next to
+fingerprint baselines fitted on the same split.
 
 Examples
 --------
 >>> import biomed_toolkit as bt
 >>> model = bt.mammal.load()  # doctest: +SKIP
->>> result = bt.mammal.finetune(model, "solubility", train_df, val_df, max_epochs=2)  # doctest: +SKIP
->>> bt.pl.training_history(result.history)  # doctest: +SKIP
+>>> tuned = bt.mammal.finetune(model, "dti", my_table, split="cold_drug", target="pKd")  # doctest: +SKIP
+>>> tuned.test_metrics  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
@@ -20,12 +27,22 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from biomed_toolkit.core.errors import InputError
+from biomed_toolkit.core.finetune import finetune_doc, finetune_model
 from biomed_toolkit.core.log import get_logger
 
-from .tasks import _rows, build_prompts, get_task
+from .splits import Split, split_labels
+from .tasks import Task, TaskName, _rows, build_prompts, get_task
 from .tokenizer import Batch, Tokenizer
 
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+    from .modeling import MammalModel
+
 log = get_logger(__name__)
+
+#: Models above this many parameters are fine-tuned with LoRA unless ``lora=False`` is passed.
+LORA_DEFAULT_ABOVE = 100_000_000
 
 
 class PromptDataset(Dataset):
@@ -57,21 +74,17 @@ class Collator:
         return {"batch": b, "y": torch.tensor([t for _, t in items], dtype=torch.float32)}
 
 
-def _to(batch: dict[str, Any], device: torch.device) -> tuple[Batch, torch.Tensor]:
-    return batch["batch"].to(device), batch["y"].to(device)
-
-
 class _Base(L.LightningModule):
-    def __init__(self, model: Any, *, lr: float, weight_decay: float, warmup_steps: int) -> None:
+    def __init__(self, model: MammalModel, *, learning_rate: float, weight_decay: float, warmup_steps: int) -> None:
         super().__init__()
         self.model = model
-        self.lr = lr
+        self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.warmup_steps = warmup_steps
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(params, lr=self.learning_rate, weight_decay=self.weight_decay)
         if not self.warmup_steps:
             return opt
         warm = max(1, int(self.warmup_steps))
@@ -101,10 +114,10 @@ class ScalarRegressionModule(_Base):
     """
 
     def __init__(
-        self, model: Any, *, mean: float = 0.0, std: float = 1.0, position: int = 0, lr: float = 1e-4,
-        weight_decay: float = 0.01, warmup_steps: int = 0,
+        self, model: MammalModel, *, mean: float = 0.0, std: float = 1.0, position: int = 0,
+        learning_rate: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 0,
     ) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+        super().__init__(model, learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps)
         if model.scalars_prediction_head is None:
             raise InputError("the model has no scalars_prediction_head; it cannot be trained for regression")
         self.mean, self.std, self.position = float(mean), float(std), int(position)
@@ -149,8 +162,9 @@ class GenerationClassificationModule(_Base):
     >>> module = GenerationClassificationModule(model)  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any, *, lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 0) -> None:
-        super().__init__(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps)
+    def __init__(self, model: MammalModel, *, learning_rate: float = 1e-4, weight_decay: float = 0.01,
+                 warmup_steps: int = 0) -> None:
+        super().__init__(model, learning_rate=learning_rate, weight_decay=weight_decay, warmup_steps=warmup_steps)
         tok = model.tokenizer
         if tok is None:
             raise InputError("the model has no tokenizer")
@@ -183,7 +197,17 @@ class GenerationClassificationModule(_Base):
         self.log("val_accuracy", acc, batch_size=len(batch["y"]))
 
 
-def make_dataset(model: Any, task: str, df: Any, *, target: str | None = None, prompt_kwargs: dict | None = None) -> PromptDataset:
+def _target_column(task: Task, df: pd.DataFrame, target: str | None) -> str:
+    cands = [target] if target else (
+        ["label", "y", "target"] if task.kind == "classification" else ["y", "target", "affinity", "logS", "pKd", "label"])
+    col = next((c for c in cands if c in df.columns), None)
+    if col is None:
+        raise InputError(f"no target column: pass target=... (looked for {cands}; columns: {list(df.columns)})")
+    return col
+
+
+def make_dataset(model: MammalModel, task: TaskName | Task, df: pd.DataFrame, *, target: str | None = None,
+                 prompt_kwargs: Mapping[str, Any] | None = None) -> PromptDataset:
     """Prompts + targets for ``task`` from a DataFrame; any row that cannot be built is an error.
 
     ``target`` defaults to ``"label"`` for classification and ``"y"``/``"target"``/``"affinity"``/
@@ -192,12 +216,9 @@ def make_dataset(model: Any, task: str, df: Any, *, target: str | None = None, p
     t = get_task(task)
     if t.kind == "generation":
         raise InputError("fine-tuning supports regression and classification tasks, not 'generate'")
-    cands = [target] if target else (["label", "y", "target"] if t.kind == "classification" else ["y", "target", "affinity", "logS", "pKd", "label"])
-    col = next((c for c in cands if c in df.columns), None)
-    if col is None:
-        raise InputError(f"no target column: pass target=... (looked for {cands}; columns: {list(df.columns)})")
+    col = _target_column(t, df, target)
     rows = _rows(t, df)
-    kw = dict((getattr(model.config, "extra", {}) or {}).get("prompt_kwargs", {}).get(t.name, {}))
+    kw = dict((model.config.extra or {}).get("prompt_kwargs", {}).get(t.name, {}))
     kw.update(prompt_kwargs or {})
     built, errors = build_prompts(t, rows, **kw)
     bad = [(i, e) for i, e in enumerate(errors) if e is not None]
@@ -212,91 +233,187 @@ def make_dataset(model: Any, task: str, df: Any, *, target: str | None = None, p
     return PromptDataset(built, y.tolist())  # type: ignore[arg-type]
 
 
+def held_out_metrics(
+    model: MammalModel, task: TaskName | Task, train: pd.DataFrame, test: pd.DataFrame, *, target: str,
+    baselines: bool = True, prompt_kwargs: Mapping[str, Any] | None = None, seed: int = 0,
+) -> pd.DataFrame:
+    """Test-split metrics of ``model`` and of fingerprint baselines fitted on ``train``.
+
+    Regression rows carry ``pearson``, ``spearman``, ``rmse``, ``mae`` and ``ci`` (concordance
+    index); classification rows ``auroc`` and ``auprc``.
+    """
+    import pandas as pd
+
+    from .baselines import features, fingerprint_baselines
+    from .metrics import classification_metrics, regression_metrics
+    from .tasks import predict
+
+    t = get_task(task)
+    y = test[target].to_numpy(dtype=np.float64)
+    out = predict(model, t, test, progress=False, prompt_kwargs=prompt_kwargs)
+    score = out["prediction" if t.kind == "regression" else "probability"].to_numpy(dtype=np.float64)
+    measure = regression_metrics if t.kind == "regression" else classification_metrics
+    rows = [{"model": "fine-tuned MAMMAL", **measure(y, score)}]
+    if baselines:
+        cols_tr, cols_te = _rows(t, train), _rows(t, test)
+        x_tr = features({c: cols_tr[c].astype(str).tolist() for c in t.inputs})
+        x_te = features({c: cols_te[c].astype(str).tolist() for c in t.inputs})
+        preds = fingerprint_baselines(t.kind, x_tr, train[target].to_numpy(dtype=np.float64), x_te, seed=seed)
+        rows += [{"model": name, **measure(y, p)} for name, p in preds.items()]
+    return pd.DataFrame(rows)
+
+
+@finetune_doc
 def finetune(
-    model: Any,
-    task: str,
-    train_df: Any,
-    val_df: Any = None,
+    model: MammalModel,
+    task: TaskName | Task,
+    table: pd.DataFrame,
+    val_table: pd.DataFrame | None = None,
     *,
+    split: Split | None = None,
     target: str | None = None,
-    lora: bool = False,
-    lora_r: int = 8,
-    lora_alpha: int = 16,
-    lr: float | None = None,
-    batch_size: int = 16,
-    max_seq_len: int | None = None,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    baselines: bool = True,
     max_epochs: int = 3,
-    prompt_kwargs: dict | None = None,
-    **fit_kwargs: Any,
-) -> Any:
-    """Fine-tune ``model`` in place on a task with ``bt.train.fit``.
+    learning_rate: float | None = None,
+    batch_size: int = 16,
+    lora: bool | None = None,
+    lora_rank: int = 8,
+    freeze: int | str | Sequence[str] | None = None,
+    accelerator: str = "auto",
+    devices: int | str | list[int] = "auto",
+    num_nodes: int = 1,
+    early_stopping: bool | dict[str, Any] | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    resume: bool = True,
+    progress: bool = True,
+    seed: int | None = None,
+    max_seq_len: int | None = None,
+    prompt_kwargs: Mapping[str, Any] | None = None,
+    **trainer_kwargs: Any,
+) -> MammalModel:
+    """Fine-tune a copy of ``model`` on your own table and score it on a held-out split.
 
     Parameters
     ----------
     model
-        A :class:`~biomed_toolkit.mammal.modeling.MammalModel` (trained in place).
+        A :class:`~biomed_toolkit.mammal.modeling.MammalModel` (not changed).
     task
-        A regression (``"dti"``, ``"solubility"``) or classification (``"ppi"``, ``"bbbp"``,
-        ``"clintox"``, ``"tcr"``) task of :data:`~biomed_toolkit.mammal.tasks.TASKS`.
-    train_df, val_df
-        DataFrames with the task's input columns and a target column (see ``target``).
+        A regression task (``"dti"``, ``"solubility"``, ``"molecule_regression"`` for any scalar of
+        a molecule) or a classification task (``"bbbp"``, ``"clintox"``, ``"ppi"``, ``"tcr"``,
+        ``"molecule_classification"`` for any binary label of a molecule).
+    table
+        A DataFrame with the task's input columns (``protein``, ``smiles``, ...) and a target column.
+    val_table
+        Validation rows. Without ``split``, ``table`` is all training data and no test metrics are
+        computed (the older two-table call).
+    split
+        ``"random"``, ``"cold_drug"`` (no molecule in two splits), ``"cold_target"`` (no protein
+        in two splits) or ``"scaffold"`` (Bemis-Murcko scaffolds); ``table`` is cut into train /
+        validation / test by ``fractions``. Default: ``"random"`` when ``val_table`` is None.
+    target
+        Target column; defaults to ``label`` (classification) or the first of ``y``, ``target``,
+        ``affinity``, ``logS``, ``pKd``.
+    baselines
+        Also fit Morgan-fingerprint (+ protein 2-mer) random forest and ridge / logistic
+        baselines on the same split and report them next to the model.
+    {finetune_parameters}
     lora
-        Train LoRA adapters on the attention ``q``/``v`` projections (plus the heads) only.
-    lr
-        Default 1e-4 (full) or 1e-3 (LoRA).
-    **fit_kwargs
-        Passed to :func:`biomed_toolkit.core.train.fit` (``checkpoint_dir``, ``early_stopping``, ...).
+        ``None`` (default): LoRA when the model has more than 100M parameters.
+    learning_rate
+        Default 1e-4 (full fine-tuning) or 1e-3 (LoRA).
+    seed
+        Seeds the split, the shuffling and the initialisation of LoRA adapters.
+    max_seq_len, prompt_kwargs
+        Truncation of the tokenized prompts; extra prompt-builder options.
 
     Returns
     -------
-    FitResult
-        From ``bt.train.fit`` (``history`` DataFrame). For regression the normalisation used is
-        stored in ``model.config.normalization[task]`` so that :func:`predict` de-normalises.
+    MammalModel
+        A new model: ``history`` (training curve; ``history.attrs["test_metrics"]`` holds the
+        held-out metrics as records), ``test_metrics`` (DataFrame: the fine-tuned model and the
+        baselines on the test split; None without a split), ``splits`` (the split label of every
+        row of ``table``), ``fit_result`` and a card naming its parent. For regression the target
+        normalisation is stored in ``config.normalization[task]`` so that :func:`predict`
+        de-normalises.
 
     Examples
     --------
-    >>> res = finetune(model, "solubility", train_df, val_df, max_epochs=1)  # doctest: +SKIP
+    >>> tuned = finetune(model, "solubility", table, split="scaffold", target="logS", max_epochs=5)  # doctest: +SKIP
+    >>> tuned.test_metrics[["model", "pearson", "rmse"]]  # doctest: +SKIP
     """
-    from biomed_toolkit.core.train import fit
-
     t = get_task(task)
-    train_ds = make_dataset(model, t.name, train_df, target=target, prompt_kwargs=prompt_kwargs)
-    val_ds = make_dataset(model, t.name, val_df, target=target, prompt_kwargs=prompt_kwargs) if val_df is not None else None
-    if lora:
-        from biomed_toolkit.core.finetune import apply_lora
-
-        keep = ["scalars_prediction_head"] if t.kind == "regression" else []
-        apply_lora(model, ["q", "v"], r=lora_r, alpha=lora_alpha)
-        for name, p in model.named_parameters():
-            if any(name.startswith(k) for k in keep):
-                p.requires_grad_(True)
-    lr = lr if lr is not None else (1e-3 if lora else 1e-4)
+    seed_value = int(seed) if seed is not None else 0
+    if split is None and val_table is None:
+        split = "random"
+    col = _target_column(t, table, target)
+    full = make_dataset(model, t, table, target=col, prompt_kwargs=prompt_kwargs)  # bad rows fail here
+    labels = None
+    test_df = None
+    train_ds = full
+    if split is not None:
+        labels = split_labels(table, split, fractions=fractions, seed=seed_value)
+        train_df, val_df, test_df = (table[labels == s] for s in ("train", "val", "test"))
+        keep = np.flatnonzero(labels == "train")
+        train_ds = PromptDataset([full.prompts[i] for i in keep], [full.targets[i] for i in keep])
+        if val_table is not None:
+            val_df = val_table
+    else:
+        train_df, val_df = table, val_table
+    val_ds = make_dataset(model, t, val_df, target=col, prompt_kwargs=prompt_kwargs) if val_df is not None else None
+    if lora is None:
+        lora = model.num_parameters() > LORA_DEFAULT_ABOVE
+    lr = learning_rate if learning_rate is not None else (1e-3 if lora else 1e-4)
+    stats = None
     if t.kind == "regression":
         stats = (model.config.normalization or {}).get(t.name)
         if stats is None:
             y = np.asarray(train_ds.targets)
             stats = {"mean": float(y.mean()), "std": float(y.std() or 1.0)}
-            model.config.normalization[t.name] = stats
-        module: L.LightningModule = ScalarRegressionModule(model, mean=stats["mean"], std=stats["std"], lr=lr)
-    else:
-        module = GenerationClassificationModule(model, lr=lr)
+
+    def make_module(copy: MammalModel) -> L.LightningModule:
+        if t.kind == "regression":
+            copy.config.normalization = {**(copy.config.normalization or {}), t.name: dict(stats)}
+            return ScalarRegressionModule(copy, mean=stats["mean"], std=stats["std"], learning_rate=lr)
+        return GenerationClassificationModule(copy, learning_rate=lr)
+
+    if model.tokenizer is None:
+        raise InputError("the model has no tokenizer; load it from a folder with tokenizer/")
     collate = Collator(model.tokenizer, max_seq_len)
-    seed = fit_kwargs.pop("seed", None)
-    gen = torch.Generator().manual_seed(int(seed) if seed is not None else 0)
+    gen = torch.Generator().manual_seed(seed_value)
     train_dl = DataLoader(train_ds, batch_size=batch_size, shuffle=True, collate_fn=collate, generator=gen)
     val_dl = DataLoader(val_ds, batch_size=batch_size, collate_fn=collate) if val_ds is not None else None
-    model.train()
-    try:
-        return fit(module, train_dl, val_dl, max_epochs=max_epochs, seed=seed, **fit_kwargs)
-    finally:
-        model.eval()
+    new = finetune_model(
+        model, make_module, train_dl, val_dl, max_epochs=max_epochs, lora=bool(lora), lora_rank=lora_rank,
+        trainable=["scalars_prediction_head"] if t.kind == "regression" else [], freeze=freeze,
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, early_stopping=early_stopping,
+        checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, seed=seed, task=t.name,
+        card_extra={"split": split, "learning_rate": lr, "rows": {"train": len(train_df),
+                    "val": 0 if val_df is None else len(val_df), "test": 0 if test_df is None else len(test_df)}},
+        **trainer_kwargs,
+    )
+    new.test_metrics = None
+    new.splits = labels
+    if test_df is not None and len(test_df):
+        fit_on = train_df if val_df is None or val_table is not None else table[labels != "test"]
+        metrics = held_out_metrics(new, t, fit_on, test_df, target=col, baselines=baselines,
+                                   prompt_kwargs=prompt_kwargs, seed=seed_value)
+        metrics.insert(1, "split", split)
+        new.test_metrics = metrics
+        if new.history is not None:
+            new.history.attrs["test_metrics"] = metrics.to_dict("records")
+        if new.card is not None:
+            new.card.extra["test_metrics"] = metrics.to_dict("records")
+    return new
 
 
 __all__ = [
+    "LORA_DEFAULT_ABOVE",
     "Collator",
     "GenerationClassificationModule",
     "PromptDataset",
     "ScalarRegressionModule",
     "finetune",
+    "held_out_metrics",
     "make_dataset",
 ]

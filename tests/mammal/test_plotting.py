@@ -270,7 +270,7 @@ def test_protein_track_by_class_and_by_score():
     z = np.asarray(fig.data[0].z, dtype=float)
     assert z.shape == (2, 40) and np.allclose(z.ravel(), scores)
     assert fig.data[0].zmid == 0.0
-    assert mpl.protein(seq, show=False) is None
+    assert mpl.protein(seq, show=False) is not None  # the core display rule: show=False returns the figure
 
 
 def test_protein_errors_name_the_problem():

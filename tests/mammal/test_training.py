@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -33,11 +35,12 @@ def solubility_rows():
 def test_finetune_regression_learns_and_records_normalisation(small_model, solubility_rows, tmp_path):
     before = predict(small_model, "solubility", solubility_rows, progress=False)
     res = finetune(small_model, "solubility", solubility_rows, solubility_rows.iloc[:16], target="logS",
-                   max_epochs=8, batch_size=16, lr=3e-3, checkpoint_dir=tmp_path, progress=False, seed=0)
+                   max_epochs=8, batch_size=16, learning_rate=3e-3, checkpoint_dir=tmp_path, progress=False, seed=0)
+    assert res is not small_model and "solubility" not in small_model.config.normalization  # a new model
     assert {"train_loss", "val_loss", "val_rmse"} <= set(res.history.columns)
-    stats = small_model.config.normalization["solubility"]
+    stats = res.config.normalization["solubility"]
     assert stats["mean"] == pytest.approx(solubility_rows["logS"].mean())
-    after = predict(small_model, "solubility", solubility_rows, progress=False)
+    after = predict(res, "solubility", solubility_rows, progress=False)
     y = solubility_rows["logS"].to_numpy()
     rmse_before = float(((before["prediction"] - y) ** 2).mean() ** 0.5)
     rmse_after = float(((after["prediction"] - y) ** 2).mean() ** 0.5)
@@ -47,11 +50,11 @@ def test_finetune_regression_learns_and_records_normalisation(small_model, solub
 @pytest.mark.slow
 def test_finetune_generation_classification(small_model, solubility_rows, tmp_path):
     df = pd.DataFrame({"smiles": solubility_rows["smiles"], "label": (solubility_rows["logS"] > -2.5).astype(int)})
-    res = finetune(small_model, "bbbp", df, df, max_epochs=6, batch_size=16, lr=3e-3, checkpoint_dir=tmp_path,
-                   progress=False, seed=0)
+    res = finetune(small_model, "bbbp", df, df, max_epochs=6, batch_size=16, learning_rate=3e-3,
+                   checkpoint_dir=tmp_path, progress=False, seed=0)
     val = res.history["val_loss"].dropna().to_numpy()
     assert val[-1] < val[0]
-    out = predict(small_model, "bbbp", df, progress=False)
+    out = predict(res, "bbbp", df, progress=False)
     # After training, the model answers <SENTINEL_ID_0><0|1>: every prediction is a label.
     assert set(out["prediction"]) <= {0, 1}
     assert out["probability"].between(0, 1).all()
@@ -59,19 +62,23 @@ def test_finetune_generation_classification(small_model, solubility_rows, tmp_pa
 
 @pytest.mark.slow
 def test_finetune_lora_trains_only_adapters_and_head(small_model, solubility_rows, tmp_path):
+    from biomed_toolkit.core.finetune import apply_lora
+
     base = {k: v.clone() for k, v in small_model.state_dict().items()}
-    finetune(small_model, "solubility", solubility_rows, target="logS", lora=True, max_epochs=2,
-             batch_size=16, checkpoint_dir=tmp_path, progress=False, seed=0)
-    trainable = {n for n, p in small_model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n or n.startswith("scalars_prediction_head") for n in trainable)
-    now = small_model.state_dict()
-    assert torch.equal(now["t5_model.encoder.block.0.layer.0.SelfAttention.q.base_layer.weight"],
-                       base["t5_model.encoder.block.0.layer.0.SelfAttention.q.weight"])
-    assert any("lora_B" in k and now[k].abs().sum() > 0 for k in now)
-    before = predict(small_model, "solubility", solubility_rows.iloc[:8], progress=False)["prediction"]
+    tuned = finetune(small_model, "solubility", solubility_rows, target="logS", lora=True, max_epochs=2,
+                     batch_size=16, checkpoint_dir=tmp_path, progress=False, seed=0)
+    # LoRA trained only the adapters (now merged into q / v) and the scalar head.
+    now = tuned.state_dict()
+    changed = {k for k in base if not torch.equal(now[k], base[k])}
+    assert changed and all(k.endswith(("SelfAttention.q.weight", "SelfAttention.v.weight",
+                                       "EncDecAttention.q.weight", "EncDecAttention.v.weight"))
+                           or k.startswith("scalars_prediction_head") for k in changed), sorted(changed)
+    assert any("SelfAttention.q.weight" in k for k in changed)
+    assert all(torch.equal(v, base[k]) for k, v in small_model.state_dict().items())  # input unchanged
+    before = predict(tuned, "solubility", solubility_rows.iloc[:8], progress=False)["prediction"]
     with pytest.raises(CheckpointError, match="merge_lora"):
-        small_model.save_pretrained(tmp_path / "lora")
-    small_model.merge_lora().save_pretrained(tmp_path / "merged")
+        apply_lora(copy.deepcopy(tuned), ["q", "v"]).save_pretrained(tmp_path / "lora")
+    tuned.save_pretrained(tmp_path / "merged")
     again = load(tmp_path / "merged", device="cpu")
     after = predict(again, "solubility", solubility_rows.iloc[:8], progress=False)["prediction"]
     np.testing.assert_allclose(after, before, atol=1e-4)
