@@ -18,6 +18,7 @@ import hashlib
 import math
 import os
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,10 @@ LAST = "last.ckpt"
 HISTORY = "history.csv"
 CHECKSUM_SUFFIX = ".sha256"  # beside each checkpoint: the sha256 of its bytes
 _RESUME_KEY = "biomed_toolkit_resume"  # sampler position and RNG state inside a checkpoint
+# torch's messages for tensors of the wrong shape (matmul, broadcasting, view, cat, loss targets)
+_SHAPE_ERROR = re.compile(r"shapes cannot be multiplied|size of tensor a .* must match|"
+                          r"must match the size|shape '\[.*\]' is invalid|Expected .*size|"
+                          r"Sizes of tensors must match|size mismatch")
 
 
 @dataclass
@@ -741,7 +746,16 @@ def fit(
     )
     trainer_defaults.update(trainer_kwargs)
     trainer = L.Trainer(**trainer_defaults)
-    trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=val_loader, ckpt_path=ckpt_path)
+    except RuntimeError as exc:
+        if not _SHAPE_ERROR.search(str(exc)):
+            raise
+        raise InputError(
+            f"a batch does not fit the module at optimizer step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}): {str(exc).strip().splitlines()[0]}. Fix: check that the "
+            "data's feature sizes match the model's input sizes (and the labels the head's outputs)."
+        ) from exc
 
     history = _final_history(folder, history_logger.rows)
     best = None

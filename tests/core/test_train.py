@@ -322,6 +322,15 @@ def test_nan_weights_and_nan_loss_stop_with_package_errors(tmp_path):
         _small_fit(tmp_path / "b", data=data)
 
 
+def test_batch_of_wrong_shape_is_a_package_error(tmp_path):
+    data = IndexedRegression(n=32)
+    data.x = data.x[:, :5]  # 5 features for a Linear(8, 1)
+    with pytest.raises(InputError, match=r"a batch does not fit the module at optimizer step 0 .*"
+                                         r"shapes cannot be multiplied.*Fix:") as info:
+        _small_fit(tmp_path, data=data)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
 @pytest.mark.parametrize("content", [b"", b"garbage\x00\xff\n1,2\n\"unclosed", b"step,metric\n1,x\n",
                                      b"a,b,c\n1,2,3\n"])
 def test_damaged_history_never_fails_fit(tmp_path, content, bt_log):
