@@ -209,13 +209,16 @@ def _set_label_dict(model: BmfmRnaModel, label_dict: Mapping[str, Mapping[str, i
 def _official_model(cls: type[BmfmRnaModel], cfg: BmfmRnaConfig, state_dict: Mapping[str, torch.Tensor],
                     *, weights: Path, tokenizers: Path, label_dict: Mapping | None,
                     resolved: ResolvedModel, fmt: str, **card_extra: Any) -> BmfmRnaModel:
+    """The model of an official layout; ``tokenizers`` is the folder holding ``tokenizers/`` (and
+    the card's path: the checkpoint folder)."""
     from biomed_toolkit.core import hub
 
     model = cls(cfg)
     model.load_weights(official_state_dict(state_dict), source=str(weights))
     _attach_tokenizer(model, GeneTokenizer.from_pretrained(tokenizers), tokenizers)
     _set_label_dict(model, label_dict)
-    model.card = hub.make_card(resolved.name, cls.family, resolved.source, weights,
+    where = weights if weights.suffix == ".ckpt" else tokenizers
+    model.card = hub.make_card(resolved.name, cls.family, resolved.source, where,
                                config=cfg.to_dict(), task=model.task_description(), format=fmt,
                                **card_extra)
     return model

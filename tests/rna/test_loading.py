@@ -319,3 +319,55 @@ def test_load_is_the_model_class_from_pretrained(tmp_path):
     (folder / "config.json").write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match="not_a_field"):
         BmfmRnaModel.from_pretrained(folder, device="cpu")
+
+
+def test_planted_v2_lightning_ckpt_with_attention_enum(tmp_path, fake_bmfm_targets, monkeypatch):
+    """A v2 .ckpt pickles LlamaForMultiTaskConfig and the str Enum AttentionKind (a REDUCE call)."""
+    import enum
+
+    from biomed_toolkit.core.safe_pickle import PlainEnum, load_checkpoint
+
+    c = fake_bmfm_targets
+    classes = {}
+    for mod_name, cls_name in [("bmfm_targets.models.predictive.llama.config", "LlamaForMultiTaskConfig"),
+                               ("bmfm_targets.models.common.llama.constants", "AttentionKind")]:
+        parts = mod_name.split(".")
+        for i in range(1, len(parts) + 1):
+            name = ".".join(parts[:i])
+            if name not in sys.modules:
+                monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+        if cls_name == "AttentionKind":
+            cls = enum.Enum(cls_name, {"FLEX": "flex", "SDPA": "sdpa"}, type=str, module=mod_name)
+        else:
+            cls = type(cls_name, (), {"__module__": mod_name})
+        setattr(sys.modules[mod_name], cls_name, cls)
+        classes[cls_name] = cls
+    ref, tok = make_v2_folder(tmp_path / "v2")
+    official = json.loads((tmp_path / "v2" / "config.json").read_text())
+    fields = [obj(c["FieldInfo"], **f) for f in official["fields"]]
+    labels = [obj(c["LabelColumnInfo"], decode_from=1, **col) for col in official["label_columns"]]
+    mc = obj(classes["LlamaForMultiTaskConfig"], **{
+        **{k: v for k, v in official.items() if k not in ("fields", "label_columns", "label_dict")},
+        "fields": fields, "label_columns": labels, "attention": classes["AttentionKind"].FLEX})
+    ckpt = {"state_dict": {f"model.{k}": v for k, v in ref.state_dict().items()},
+            "hyper_parameters": {"model_config": mc, "label_dict": official["label_dict"],
+                                 "trainer_config": obj(c["TrainerConfig"], pooling_method="first_token")}}
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    torch.save(ckpt, folder / "last.ckpt")
+    tok.save_pretrained(folder)
+    raw = load_checkpoint(folder / "last.ckpt")
+    att = raw["hyper_parameters"]["model_config"].attention
+    assert isinstance(att, PlainEnum) and att == "flex"
+    m = rna.load(folder, device="cpu")
+    assert m.config.variant == "v2" and m.config.label_columns[0].decode_from == 1
+    assert m.card.extra["format"] == "official v2 lightning ckpt"
+    for k, v in ref.state_dict().items():
+        assert torch.equal(m.state_dict()[k], v), k
+    enc = rna.encode_cells(cells(), m)
+    with torch.no_grad():
+        h = ref(**enc.to_torch()).last_hidden_state
+        got = m(**enc.to_torch()).label_logits["cell_type"]
+    want = ref.cls.label_predictions.predictions.label_decoders["cell_type"](h[:, 1])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert m.label_names("cell_type") == ["a", "b", "c"]

@@ -132,3 +132,43 @@ def test_config_round_trip_and_presets():
     assert again == cfg
     with pytest.raises(ValueError, match="variant"):
         BmfmRnaConfig(variant="v3")
+
+
+def test_label_heads_decode_from_their_token_position():
+    """v2 heads with ``decode_from`` read the raw hidden state there; the others the pooler."""
+    labels = [LabelColumn("cell_type", 4, decode_from=1), LabelColumn("tissue", 3, decode_from=2),
+              LabelColumn("batch", 2)]
+    torch.manual_seed(0)
+    cfg = BmfmRnaConfig.v2(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           decode_modes=WCED, label_columns=labels)
+    m = BmfmRnaModel(cfg).eval()
+    g, x, a = batch(n_cls=5)
+    with torch.no_grad():
+        out = m(g, x, a)
+        decs = m.cls.label_predictions.predictions.label_decoders
+        h = out.last_hidden_state
+        torch.testing.assert_close(out.label_logits["cell_type"], decs["cell_type"](h[:, 1]), rtol=0, atol=0)
+        torch.testing.assert_close(out.label_logits["tissue"], decs["tissue"](h[:, 2]), rtol=0, atol=0)
+        torch.testing.assert_close(out.label_logits["batch"], decs["batch"](out.pooler_output), rtol=0, atol=0)
+        assert not torch.allclose(decs["cell_type"](h[:, 1]), decs["cell_type"](out.pooler_output))
+        # the same logits without a precomputed pooler output
+        again = m.classify(h, ["batch", "cell_type"])
+        assert torch.equal(again["batch"], out.label_logits["batch"])
+    with pytest.raises(ValueError, match="position 5"):
+        BmfmRnaConfig.v2(vocab_size=50, hidden_size=32, num_attention_heads=4,
+                         label_columns=[LabelColumn("x", 2, decode_from=5)])
+
+
+def test_each_leading_cls_token_carries_its_own_code():
+    import numpy as np
+    import scipy.sparse as sp
+
+    from biomed_toolkit.rna.tokenize import encode_csr, special_values
+
+    assert special_values([3, 5, 6, 7, 8]).tolist() == [-4.0, -6.0, -7.0, -8.0, -9.0]
+    csr = sp.csr_matrix(np.array([[2.0, 0.0, 5.0], [1.0, 1.0, 0.0]]))
+    cols = np.array([40, 41, 42])
+    for engine in ("numpy", "numba"):
+        enc = encode_csr(csr, cols, max_length=12, cls_ids=(3, 5, 6, 7, 8), engine=engine)
+        assert enc.genes[:, :5].tolist() == [[3, 5, 6, 7, 8]] * 2
+        assert enc.expressions[:, :5].tolist() == [[-4.0, -6.0, -7.0, -8.0, -9.0]] * 2
