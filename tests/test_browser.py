@@ -99,6 +99,10 @@ def _voila_page(notebook: Path, sync_api, voila: str) -> Iterator:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page(viewport={"width": 1300, "height": 900})
+                console: list[str] = []
+                page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+                page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
+                page.console_messages = console  # read by tests when something fails
                 # Voila runs the notebook before it sends the page: allow for the kernel start
                 page.goto(url, timeout=90_000)
                 yield page
@@ -283,8 +287,11 @@ def test_cell_annotator_select_relabel_threshold_in_voila(tmp_path):
         assert 0 < coloured_after < 0.6 * coloured_before, (coloured_before, coloured_after)
         page.screenshot(path=str(tmp_path / "cell_annotator_threshold.png"))
 
-        # 4. colour by confidence: a colour bar replaces the legend
-        page.get_by_role("button", name="confidence").click()
+        # 4. colour by confidence: a colour bar with its title replaces the legend
+        colour = page.get_by_placeholder("label, an obs column or a gene")
+        colour.fill("confidence")
+        colour.press("Enter")
         page.wait_for_selector(".colorbar", timeout=30_000)
+        assert "confidence" in page.locator(".colorbar .cbtitle").first.text_content()
         assert _legend(page) == []
         _save_screenshot(page, tmp_path, "cell_annotator_voila.png")
