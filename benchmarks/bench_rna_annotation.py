@@ -1,29 +1,47 @@
-"""Cell-type annotation on pbmc68k_reduced (bulk_labels): BMFM-RNA against linear baselines.
+"""Cell-type annotation on every labelled real data set: BMFM-RNA against linear baselines.
 
-One fixed stratified split (70% train / 30% test, seed 0) of the 700 cells, shared by every
-method:
+For each data set of ``bt.rna.datasets.LABELLED_DATASETS`` the cells of its fixed held-out split
+(``obs["split"] == "test"``, never seen by the embedded model's pretraining) are the test cells;
+training sets of several sizes are stratified draws from the ``"train"`` cells, one per seed.
+Methods, all trained on the same cells and scored on the same test cells:
 
-- ``PCA + logistic regression``: log-normalised counts (1e4, log1p), 50-component PCA fitted on
-  the training cells, multinomial logistic regression.
+- ``PCA + LR``: log-normalised counts (1e4, log1p), standardised, PCA(50) fitted on the training
+  cells, logistic regression.
 - ``CellTypist-style``: ``celltypist.train`` (SGD logistic regression on log-normalised, scaled
-  expression) when celltypist is installed, else the same recipe with scikit-learn's
-  ``SGDClassifier``.
-- ``BMFM-RNA zero-shot``: frozen embeddings (``bt.tl.embed``) + logistic-regression probe.
-- ``BMFM-RNA fine-tuned``: ``bt.tl.finetune`` on the training cells, ``bt.tl.annotate`` on the
-  test cells (no confidence threshold).
+  expression of all genes) when celltypist is installed, else the same recipe with scikit-learn.
+- ``probe``: the default model's zero-shot embedding (``bt.tl.embed``) + logistic regression.
+- ``finetune``: ``bt.tl.finetune`` with its defaults, then ``bt.tl.annotate``.
+- ``finetune lora``: the same with ``lora=True``.
+- ``finetune no path`` (``--ablation``): the same without the expression path.
 
-Prints macro-F1 and accuracy on the test cells. Usage::
+Columns: accuracy, macro-F1, ECE (15 bins; for methods with probabilities), wall time of the
+train + predict step and the peak RSS increase during it. Results go to a CSV and a markdown
+table (mean +- sd over seeds). Usage::
 
-    python benchmarks/bench_rna_annotation.py [--model NAME_OR_PATH] [--epochs 15]
+    python benchmarks/bench_rna_annotation.py [--sizes 100,300,full] [--seeds 0,1,2]
+        [--datasets pbmc68k_counts,...] [--methods pca,celltypist,probe,finetune,lora]
+        [--ablation] [--out benchmarks/results/rna_annotation]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import current_rss_mb  # noqa: E402
+
+METHODS = ("pca", "celltypist", "probe", "finetune", "lora")
+NAMES = {"pca": "PCA(50) + LR", "celltypist": "CellTypist-style LR", "probe": "default model probe",
+         "finetune": "finetune (defaults)", "lora": "finetune lora=True",
+         "nopath": "finetune, no expression path"}
 
 
 def log_normalise(counts):
@@ -36,21 +54,37 @@ def log_normalise(counts):
     return x.tocsr()
 
 
-def scores(truth, pred) -> dict[str, float]:
-    from biomed_toolkit.rna.metrics import classification_metrics
+class PeakRSS:
+    """Peak resident memory above the starting level while the block runs (sampled, MB)."""
 
-    return classification_metrics(truth, pred)
+    def __enter__(self):
+        self.start = self.peak = current_rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self):
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, current_rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_mb())
+        self.mb = self.peak - self.start
 
 
-def pca_logreg(x_tr, y_tr, x_te, seed):
+def pca_lr(x_tr, y_tr, x_te, seed):
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    clf = make_pipeline(StandardScaler(with_mean=True), PCA(50, random_state=seed),
-                        LogisticRegression(max_iter=3000))
-    return clf.fit(x_tr.toarray(), y_tr).predict(x_te.toarray())
+    k = int(min(50, x_tr.shape[0] - 1, x_tr.shape[1]))
+    clf = make_pipeline(StandardScaler(), PCA(k, random_state=seed), LogisticRegression(max_iter=3000))
+    clf.fit(x_tr.toarray(), y_tr)
+    return clf.classes_, clf.predict_proba(x_te.toarray())
 
 
 def celltypist_style(x_tr, y_tr, x_te, genes, seed):
@@ -65,7 +99,11 @@ def celltypist_style(x_tr, y_tr, x_te, genes, seed):
         model = celltypist.train(tr, labels="y", use_SGD=True, feature_selection=False,
                                  check_expression=False, max_iter=1000, n_jobs=1)
         pred = celltypist.annotate(te, model=model, majority_voting=False)
-        return pred.predicted_labels["predicted_labels"].astype(str).to_numpy(), "celltypist.train"
+        prob = pred.probability_matrix
+        classes = np.asarray(prob.columns, dtype=str)
+        # celltypist's probabilities are one-vs-rest sigmoids: normalise them for the ECE
+        p = prob.to_numpy()
+        return classes, p / p.sum(axis=1, keepdims=True)
     except ImportError:
         from sklearn.linear_model import SGDClassifier
         from sklearn.preprocessing import StandardScaler
@@ -73,7 +111,7 @@ def celltypist_style(x_tr, y_tr, x_te, genes, seed):
         sc_ = StandardScaler().fit(x_tr.toarray())
         clf = SGDClassifier(loss="log_loss", alpha=1e-4, max_iter=1000, random_state=seed)
         clf.fit(np.clip(sc_.transform(x_tr.toarray()), -10, 10), y_tr)
-        return clf.predict(np.clip(sc_.transform(x_te.toarray()), -10, 10)), "sklearn SGD"
+        return clf.classes_, clf.predict_proba(np.clip(sc_.transform(x_te.toarray()), -10, 10))
 
 
 def probe(e_tr, y_tr, e_te):
@@ -81,73 +119,150 @@ def probe(e_tr, y_tr, e_te):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(
-        e_tr, y_tr).predict(e_te)
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000)).fit(e_tr, y_tr)
+    return clf.classes_, clf.predict_proba(e_te)
+
+
+def finetuned(bt, model, train, test, seed, **kw):
+    ft = bt.tl.finetune(train, "cell_type", model, seed=seed, progress=False, **kw)
+    bt.tl.annotate(test, ft, label="cell_type", min_confidence=0.0, progress=False)
+    classes = np.asarray(test.uns["bmfm_cell_type"]["classes"], dtype=str)
+    return classes, test.obsm["bmfm_cell_type_probabilities"], ft
+
+
+def score(truth, classes, probs):
+    from biomed_toolkit.rna.metrics import classification_metrics, expected_calibration_error
+
+    top = probs.argmax(axis=1)
+    pred = np.asarray(classes)[top]
+    out = classification_metrics(truth, pred)
+    conf = probs[np.arange(len(top)), top]
+    out["ece"] = expected_calibration_error(conf, pred == np.asarray(truth))
+    out["n_predicted_classes"] = int(len(set(pred)))
+    return out
+
+
+def draw(y_pool, n, seed):
+    """Stratified draw of ``n`` of the pool (every class kept with at least one cell)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(y_pool))
+    if n >= len(idx):
+        return idx
+    classes, counts = np.unique(y_pool, return_counts=True)
+    strat = y_pool if counts.min() >= 2 else None
+    keep, _ = train_test_split(idx, train_size=n, random_state=seed, stratify=strat)
+    missing = [c for c in classes if c not in set(y_pool[keep])]
+    extra = [np.flatnonzero(y_pool == c)[0] for c in missing]
+    return np.sort(np.r_[keep, extra]).astype(int)
+
+
+def run(args) -> pd.DataFrame:
+    import torch
+
+    import biomed_toolkit as bt
+    from biomed_toolkit.rna.datasets import LABELLED_DATASETS, labelled_dataset
+
+    torch.set_num_threads(1)
+    bt.settings.progress = False
+    names = args.datasets.split(",") if args.datasets else list(LABELLED_DATASETS)
+    methods = args.methods.split(",") + (["nopath"] if args.ablation else [])
+    overrides = json.loads(args.finetune_kwargs)
+    model = bt.rna.load(args.model, device="cpu")
+    print(f"model: {model.card.name} (sha256 {model.card.sha256})", flush=True)
+    rows = []
+    for name in names:
+        adata = labelled_dataset(name)
+        adata.obs["cell_type"] = adata.obs["cell_type"].astype(str)
+        test_mask = (adata.obs["split"] == "test").to_numpy()
+        pool = np.flatnonzero(~test_mask)
+        te = np.flatnonzero(test_mask)
+        y = adata.obs["cell_type"].to_numpy()
+        x = log_normalise(adata.X)
+        genes = list(adata.var_names)
+        print(f"\n{name}: {adata.n_obs} cells, {adata.n_vars} genes, {len(set(y))} types; "
+              f"pool {len(pool)}, test {len(te)}", flush=True)
+        emb = None
+        if "probe" in methods:
+            bt.tl.embed(adata, model, progress=False)
+            emb = adata.obsm["X_bmfm"]
+        sizes = [len(pool) if s == "full" else int(s) for s in args.sizes.split(",")]
+        for n in sorted(set(min(s, len(pool)) for s in sizes)):
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                tr = pool[draw(y[pool], n, seed)]
+                for m in methods:
+                    extra = {}
+                    with PeakRSS() as mem:
+                        t = time.perf_counter()
+                        if m == "pca":
+                            classes, p = pca_lr(x[tr], y[tr], x[te], seed)
+                        elif m == "celltypist":
+                            classes, p = celltypist_style(x[tr], y[tr], x[te], genes, seed)
+                        elif m == "probe":
+                            classes, p = probe(emb[tr], y[tr], emb[te])
+                        else:
+                            kw = {"lora": True} if m == "lora" else (
+                                {"expression_path": False} if m == "nopath" else {})
+                            kw.update(overrides)
+                            classes, p, ft = finetuned(bt, model, adata[tr].copy(),
+                                                       adata[te].copy(), seed, **kw)
+                            extra = {"steps": ft.recipe["global_step"],
+                                     "temperature": ft.recipe["temperature"],
+                                     "non_default": json.dumps(overrides) if overrides else ""}
+                        secs = time.perf_counter() - t
+                    row = {"dataset": name, "n_train": len(tr), "seed": seed,
+                           "method": NAMES[m], **score(y[te], classes, p), "seconds": secs,
+                           "peak_mb": mem.mb, **extra}
+                    rows.append(row)
+                    print("  " + "  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in row.items()), flush=True)
+                    pd.DataFrame(rows).to_csv(args.out + ".csv", index=False)
+    return pd.DataFrame(rows)
+
+
+def summarise(df: pd.DataFrame) -> str:
+    """Markdown table: mean +- sd over seeds, PCA + LR's macro-F1 beside each row."""
+    g = df.groupby(["dataset", "n_train", "method"], sort=False)
+    agg = g.agg(seeds=("seed", "nunique"), accuracy=("accuracy", "mean"),
+                macro_f1=("macro_f1", "mean"), macro_f1_sd=("macro_f1", "std"),
+                min_macro_f1=("macro_f1", "min"), ece=("ece", "mean"),
+                seconds=("seconds", "mean"), peak_mb=("peak_mb", "max")).reset_index()
+    # the gap to PCA + LR on the same split, worst seed
+    ref = df[df["method"] == NAMES["pca"]].set_index(["dataset", "n_train", "seed"])["macro_f1"]
+    gap = df.join(ref.rename("ref"), on=["dataset", "n_train", "seed"])
+    gap["gap"] = gap["macro_f1"] - gap["ref"]
+    worst = gap.groupby(["dataset", "n_train", "method"], sort=False)["gap"].min().rename(
+        "worst_gap_vs_pca")
+    agg = agg.join(worst, on=["dataset", "n_train", "method"])
+    lines = ["| data set | train cells | method | seeds | accuracy | macro-F1 (sd) | worst seed "
+             "vs PCA+LR | ECE | seconds | peak MB |", "|" + "---|" * 10]
+    for r in agg.itertuples():
+        sd = 0.0 if np.isnan(r.macro_f1_sd) else r.macro_f1_sd
+        lines.append(f"| {r.dataset} | {r.n_train} | {r.method} | {r.seeds} | {r.accuracy:.3f} | "
+                     f"{r.macro_f1:.3f} ({sd:.3f}) | {r.worst_gap_vs_pca:+.3f} | {r.ece:.3f} | "
+                     f"{r.seconds:.1f} | {r.peak_mb:.0f} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default=None, help="bt.rna.load name or path (default: demo)")
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--max-length", type=int, default=1024)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--model", default=None, help="bt.rna.load name or path (default: embedded)")
+    ap.add_argument("--datasets", default=None, help="comma list (default: every labelled one)")
+    ap.add_argument("--sizes", default="100,300,full")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--ablation", action="store_true", help="also finetune without the path")
+    ap.add_argument("--finetune-kwargs", default="{}",
+                    help='JSON of bt.tl.finetune options that replace defaults (recorded per row), '
+                         'e.g. \'{"max_steps": 20}\' on a slow machine')
+    ap.add_argument("--out", default="benchmarks/results/rna_annotation")
+    ap.add_argument("--summarise", action="store_true", help="only print the table of --out.csv")
     args = ap.parse_args()
-
-    import torch
-    from sklearn.model_selection import train_test_split
-
-    import biomed_toolkit as bt
-
-    torch.set_num_threads(1)
-    bt.settings.progress = False
-    adata = bt.rna.pbmc68k_counts()
-    y = adata.obs["bulk_labels"].astype(str).to_numpy()
-    idx_tr, idx_te = train_test_split(np.arange(adata.n_obs), test_size=0.3,
-                                      random_state=args.seed, stratify=y)
-    print(f"pbmc68k_reduced: {adata.n_obs} cells, {adata.n_vars} genes, "
-          f"{len(set(y))} bulk_labels; train {len(idx_tr)}, test {len(idx_te)}")
-    x = log_normalise(adata.X)
-    rows = []
-
-    t = time.perf_counter()
-    pred = pca_logreg(x[idx_tr], y[idx_tr], x[idx_te], args.seed)
-    rows.append({"method": "PCA(50) + logistic regression", **scores(y[idx_te], pred),
-                 "seconds": time.perf_counter() - t})
-
-    t = time.perf_counter()
-    pred, how = celltypist_style(x[idx_tr], y[idx_tr], x[idx_te], list(adata.var_names), args.seed)
-    rows.append({"method": f"CellTypist-style ({how})", **scores(y[idx_te], pred),
-                 "seconds": time.perf_counter() - t})
-
-    model = bt.rna.load(args.model, device="cpu")
-    name = model.card.name if model.card is not None else str(args.model)
-    print(f"BMFM-RNA model: {name} (sha256 {getattr(model.card, 'sha256', None)})")
-    t = time.perf_counter()
-    bt.tl.embed(adata, model, max_length=args.max_length, progress=False)
-    emb = adata.obsm["X_bmfm"]
-    pred = probe(emb[idx_tr], y[idx_tr], emb[idx_te])
-    rows.append({"method": "BMFM-RNA zero-shot + linear probe", **scores(y[idx_te], pred),
-                 "seconds": time.perf_counter() - t})
-
-    t = time.perf_counter()
-    train = adata[idx_tr].copy()
-    test = adata[idx_te].copy()
-    ft = bt.tl.finetune(train, "bulk_labels", model, max_epochs=args.epochs,
-                        learning_rate=args.lr, max_length=args.max_length, val_fraction=0.1,
-                        seed=args.seed, progress=False, enable_progress_bar=False)
-    bt.tl.annotate(test, ft, label="bulk_labels", min_confidence=0.0, progress=False)
-    rows.append({"method": f"BMFM-RNA fine-tuned ({int(ft.fit_result.global_step)} steps)",
-                 **scores(y[idx_te], test.obs["bmfm_cell_type"].astype(str).to_numpy()),
-                 "seconds": time.perf_counter() - t})
-
-    table = pd.DataFrame(rows).set_index("method")
-    ref = table.iloc[0]["macro_f1"]
-    table["macro_f1 / PCA"] = table["macro_f1"] / ref
-    print(table.to_string(float_format=lambda v: f"{v:.3f}"))
-    if getattr(model.card, "source", None) == "embedded":
-        print("note: the embedded demo model was pretrained on these 700 cells (WCED + a "
-              "bulk_labels head on 90% of them), so its rows are not a clean held-out estimate")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    df = pd.read_csv(args.out + ".csv") if args.summarise else run(args)
+    table = summarise(df)
+    Path(args.out + ".md").write_text(table + "\n")
+    print("\n" + table)
 
 
 if __name__ == "__main__":

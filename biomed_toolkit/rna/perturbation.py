@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..core.errors import InputError
+from ..core.finetune import finetune_doc
 from ..core.log import get_logger, timed
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -133,6 +134,26 @@ class PerturbationModel(nn.Module):
         self._flags: Any = None
         gene_emb = base.backbone.input_embeddings.genes_embeddings
         self._hook = gene_emb.register_forward_hook(self._add_flags)
+        self.card = base.card
+        self.history: Any = None
+        self.fit_result: Any = None
+
+    # what core.finetune.finetune_model needs (the encoder's, under ``base.``)
+    family = "bmfm-rna"
+
+    @property
+    def config(self) -> Any:
+        return self.base.config
+
+    def lora_targets(self) -> list[str]:
+        return self.base.lora_targets()
+
+    def _freeze_patterns(self, n_blocks: int) -> list[str]:
+        return [f"base.{p}" for p in self.base._freeze_patterns(n_blocks)]
+
+    def merge_lora(self) -> PerturbationModel:
+        self.base.merge_lora()
+        return self
 
     def _add_flags(self, module: Any, inputs: Any, output: Any) -> Any:
         if self._flags is None:
@@ -259,6 +280,7 @@ def _choose_panel(adata: AnnData, model: Any, perturbed: Sequence[str], n_genes:
 # --------------------------------------------------------------------------------------------
 # public API
 # --------------------------------------------------------------------------------------------
+@finetune_doc
 def finetune_perturbation(
     adata: AnnData,
     perturbation_key: str,
@@ -268,14 +290,24 @@ def finetune_perturbation(
     genes: Sequence[str] | None = None,
     n_genes: int = 256,
     max_epochs: int = 5,
+    learning_rate: float = 1e-3,
     batch_size: int = 16,
-    lr: float = 1e-3,
-    freeze_encoder: bool = False,
+    lora: bool = False,
+    lora_rank: int = 8,
+    freeze: int | str | list[str] | None = None,
     val_fraction: float = 0.1,
+    accelerator: str = "auto",
+    devices: Any = "auto",
+    num_nodes: int = 1,
+    early_stopping: bool | dict[str, Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    progress: bool = True,
     seed: int = 0,
-    **train_kwargs: Any,
-) -> Any:
-    """Train a perturbation head on cells of ``adata`` (raw counts) through ``bt.train.fit``.
+    **trainer_kwargs: Any,
+) -> PerturbationModel:
+    """Train a perturbation head on cells of ``adata`` (raw counts), on the fine-tuning contract
+    shared by every family (:func:`biomed_toolkit.core.finetune.finetune_model`).
 
     Parameters
     ----------
@@ -285,32 +317,29 @@ def finetune_perturbation(
     perturbation_key
         ``adata.obs`` column naming each cell's perturbation.
     model
-        A BMFM-RNA model (default: the embedded demo model); copied, never changed in place.
+        A BMFM-RNA model (default: the embedded model); copied, never changed in place.
     control
         Value of ``obs[perturbation_key]`` for control cells.
     genes
         Gene panel to predict (default: perturbed genes + the ``n_genes`` most expressed).
-    max_epochs, batch_size, lr
-        Training settings; each perturbed cell is paired with a random control cell (``seed``).
-    freeze_encoder
-        Train only the perturbation embedding and the head.
     val_fraction
         Share of perturbed cells held out for ``val_loss``.
-    **train_kwargs
-        Passed to ``bt.train.fit`` (``early_stopping``, ``checkpoint_dir``, ``accelerator``, ...).
+    seed
+        Pairs each perturbed cell with a random control cell, splits and seeds the training.
+    {finetune_parameters}
+
+    ``freeze="encoder"`` trains only the perturbation embedding and the head.
 
     Returns
     -------
-    PerturbationModel, with ``.history`` (the training history DataFrame) and ``.genes``.
+    A new PerturbationModel with ``.history``, ``.fit_result``, ``.card`` and ``.genes``.
 
     Examples
     --------
     >>> pm = finetune_perturbation(adata, "perturbation", model, max_epochs=3)  # doctest: +SKIP
     >>> pred = predict_perturbation(adata[adata.obs.perturbation == "control"], ["CD3E"], pm)  # doctest: +SKIP
     """
-    import copy as _copy
-
-    from ..core.train import fit
+    from ..core.finetune import finetune_model
     from .loading import load
 
     if perturbation_key not in adata.obs:
@@ -321,17 +350,13 @@ def finetune_perturbation(
         raise InputError(f"no control cells: no obs[{perturbation_key!r}] == {control!r}")
     if is_ctrl.all():
         raise InputError("no perturbed cells: every cell is a control")
-    base = _copy.deepcopy(load() if model is None else model).cpu()
+    base = load() if model is None else model
     perts = sorted(set(labels[~is_ctrl]))
     perturbed_genes = sorted({g for p in perts for g in _parse(p)})
     panel = list(genes) if genes is not None else _choose_panel(adata, base, perturbed_genes, n_genes)
     max_len = base.config.n_cls_tokens + len(panel) + 1
     log.info(f"perturbation panel: {len(panel)} genes ({max_len} tokens per cell), "
              f"{len(perts)} perturbations, {int(is_ctrl.sum())} control cells")
-    pm = PerturbationModel(base, panel)
-    if freeze_encoder:
-        for p in pm.base.parameters():
-            p.requires_grad_(False)
     x = normalized_panel(adata, panel, base)
     ctrl_x = x[is_ctrl]
     pert_idx = np.flatnonzero(~is_ctrl)
@@ -343,12 +368,18 @@ def finetune_perturbation(
     val, tr = order[:n_val], order[n_val:]
     train_ds = PairDataset(ctrl_x, x[pert_idx[tr]], flags[tr], pairs[tr])
     val_ds = PairDataset(ctrl_x, x[pert_idx[val]], flags[val], pairs[val]) if n_val else None
-    module = PerturbationModule(pm.train(), lr=lr)
+    if freeze == "encoder":
+        freeze = "base.*"
     with timed(log, f"fine-tuning a perturbation head on {len(tr)} perturbed cells"):
-        result = fit(module, train_ds, val_ds, max_epochs=max_epochs, batch_size=batch_size,
-                     seed=seed, **train_kwargs)
-    pm = result.module.model.eval()
-    pm.history = result.history
+        pm = finetune_model(
+            PerturbationModel(base.cpu(), panel),
+            lambda m: PerturbationModule(m, lr=learning_rate), train_ds, val_ds,
+            max_epochs=max_epochs, batch_size=batch_size, lora=lora, lora_rank=lora_rank,
+            trainable=("perturbation_embeddings", "head."), freeze=freeze,
+            accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+            early_stopping=early_stopping, checkpoint_dir=checkpoint_dir, resume=resume,
+            progress=progress, seed=seed, task="perturbation",
+            card_extra={"genes": len(panel), "perturbations": perts}, **trainer_kwargs)
     return pm
 
 

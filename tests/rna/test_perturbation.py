@@ -68,7 +68,7 @@ def test_finetune_and_predict_perturbation(simulated, tmp_path):
     train, test = simulated
     base = fresh_model(train.var_names)
     pm = P.finetune_perturbation(train, "perturbation", base, n_genes=64, max_epochs=5,
-                                 batch_size=16, lr=3e-3, checkpoint_dir=tmp_path / "ckpt",
+                                 batch_size=16, learning_rate=3e-3, checkpoint_dir=tmp_path / "ckpt",
                                  enable_progress_bar=False)
     assert {"LTB", "HLA-DRA", "CCL5"} <= set(pm.genes) and len(pm.genes) == 64
     assert pm.history["val_loss"].notna().any()
