@@ -32,6 +32,8 @@ from ..core.log import get_logger, timed
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
+    from .modeling import BmfmRnaModel
+
 log = get_logger(__name__)
 
 __all__ = [
@@ -284,7 +286,7 @@ def _choose_panel(adata: AnnData, model: Any, perturbed: Sequence[str], n_genes:
 def finetune_perturbation(
     adata: AnnData,
     perturbation_key: str,
-    model: Any = None,
+    model: BmfmRnaModel | None = None,
     *,
     control: str = "control",
     genes: Sequence[str] | None = None,

@@ -19,7 +19,12 @@ from .plotting import UNASSIGNED
 from .training import calibrated_probabilities, finetune
 
 if TYPE_CHECKING:  # pragma: no cover
+    import os
+
     from anndata import AnnData
+
+    from .modeling import BmfmRnaModel
+
 
 log = get_logger(__name__)
 
@@ -176,7 +181,7 @@ def reference_map(
 # --------------------------------------------------------------------------------------------
 # model resolution and provenance
 # --------------------------------------------------------------------------------------------
-def _model(model: Any) -> Any:
+def _model(model: BmfmRnaModel | str | os.PathLike | None) -> BmfmRnaModel:
     """A loaded model: the embedded demo for None, ``bt.rna.load(x)`` for a name or path."""
     if model is None or isinstance(model, str) or hasattr(model, "__fspath__"):
         from .loading import load
@@ -340,7 +345,7 @@ def _infer(model: Any, adata: AnnData, *, accelerator: Any, devices: Any, num_no
 # --------------------------------------------------------------------------------------------
 def embed(
     adata: AnnData,
-    model: Any = None,
+    model: BmfmRnaModel | str | os.PathLike | None = None,
     *,
     key_added: str = "X_bmfm",
     pooling: str = "auto",
@@ -455,7 +460,7 @@ def majority_vote(labels: np.ndarray, clusters: np.ndarray, *, min_prop: float =
 
 def annotate(
     adata: AnnData,
-    model: Any = None,
+    model: BmfmRnaModel | str | os.PathLike | None = None,
     *,
     label: str = "cell_type",
     key_added: str = "bmfm_cell_type",
