@@ -181,5 +181,5 @@ def load_checkpoint(path: str | os.PathLike, *, map_location: str = "cpu") -> di
     except Exception as exc:  # noqa: BLE001 - any other failure means "not a checkpoint"
         raise CheckpointError(_unreadable(path, _cause(exc))) from exc
     if not isinstance(obj, dict):
-        raise CheckpointError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+        raise CheckpointError(_unreadable(path, f"it holds a {type(obj).__name__}, not a checkpoint dict"))
     return obj
