@@ -376,6 +376,9 @@ def test_resumable_sampler_shards_and_resumes():
 # ------------------------------------------------------------------------------------------
 # fuzz: mutated checkpoint bytes give a package error (or load), never anything else
 # ------------------------------------------------------------------------------------------
+# CI: 300 examples per target (about 30 s in all). Nightly size:
+#   BT_FUZZ_EXAMPLES=10000 python -m pytest tests/core/test_train.py -k fuzz
+# (about 4 min per target on 2 busy cores; the resume-choice target runs a quarter of that).
 FUZZ_EXAMPLES = int(os.environ.get("BT_FUZZ_EXAMPLES", "300"))
 
 
