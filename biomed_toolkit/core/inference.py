@@ -223,7 +223,8 @@ def distributed_predict(
     output_dir
         Stream the blocks to this folder (one ``.npz`` per block, written atomically) instead of
         keeping them in memory; returns a :class:`ChunkedPredictions`. Several nodes need a
-        shared folder. Rank 0's absolute path is used by every rank.
+        shared folder. Rank 0's absolute path is used by every rank. Use it for outputs too
+        large to hold once per process (without it, every rank of a ``ddp`` run receives all rows).
 
     Returns
     -------
