@@ -105,7 +105,7 @@ def test_makefile_installs_existing_extras_with_their_dependencies():
 def test_readme_names_only_existing_extras():
     readme = (REPO / "README.md").read_text()
     defined = set(_pyproject()["project"]["optional-dependencies"])
-    for match in re.finditer(r"pip install[^\n]*?\[([A-Za-z0-9_,-]+)\]", readme):
+    for match in re.finditer(r"pip install[^\n]*?(?:\.|biomed-toolkit)\[([A-Za-z0-9_,-]+)\]", readme):
         assert set(match.group(1).split(",")) <= defined, match.group(0)
 
 
