@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,6 +194,9 @@ def bt_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
+EMPTY_REASON = re.compile(r"(?<![\w>])\(\s*\)")  # "checkpoint ()", not "_rebuild_tensor_v2()"
+
+
 def _small_fit(folder, max_epochs=2, module=None, data=None, **kw):
     torch.manual_seed(0)
     return bt.train.fit(module or Regressor(), data or IndexedRegression(n=64), max_epochs=max_epochs,
@@ -245,8 +249,7 @@ def test_damaged_last_checkpoint_falls_back_to_newest_intact(trained, tmp_path, 
     assert "last.ckpt" in warning[0] and "epoch-epoch=1.ckpt" in warning[0]
     if how == "random bytes":
         assert "not a torch checkpoint" in warning[0] and "allowlist" not in warning[0]
-    if how in ("truncated", "bit-flipped", "zero-byte"):
-        assert "()" not in warning[0]
+    assert not EMPTY_REASON.search(warning[0])
     assert len(result.history) > 0
 
 
@@ -432,7 +435,7 @@ def test_fuzz_mutated_checkpoint_bytes(trained, tmp_path_factory):
             read_verified_checkpoint(path)
             assert data == raw  # with its checksum, only the intact bytes load
         except CheckpointError as exc:
-            assert str(path) in str(exc) and "Fix:" in str(exc) and "()" not in str(exc)
+            assert str(path) in str(exc) and "Fix:" in str(exc) and not EMPTY_REASON.search(str(exc))
         try:  # without the checksum: loads or a CheckpointError, never another exception
             load_checkpoint(path)
         except CheckpointError as exc:
