@@ -1,6 +1,6 @@
 """Transfer learning between phantom distributions, measured.
 
-Source: the embedded demo (trained on density 0.1-0.5, noise 0.01-0.03). Target: dense, noisy
+Source: the embedded demo (trained on density 0.05-0.65, noise 0.01-0.03). Target: dense, noisy
 breasts (density 0.6, noise 0.05). On held-out target cases we compare the demo as is, the demo
 fine-tuned on a few target cases (``bt.mammo.finetune``) and the same network trained from
 scratch on the same cases with the same budget.
@@ -20,13 +20,8 @@ import torch
 from biomed_toolkit.core.train import fit
 from biomed_toolkit.mammo.datasets import phantom_cases
 from biomed_toolkit.mammo.evaluation import evaluate
-from biomed_toolkit.mammo.modeling import (
-    PairDataset,
-    SiameseLightning,
-    SiameseMatcher,
-    finetune,
-    load,
-)
+from biomed_toolkit.mammo.modeling import SiameseMatcher, load
+from biomed_toolkit.mammo.training import PairDataset, SiameseLightning, finetune
 
 TARGET = {"density": 0.6, "noise": 0.05}
 
@@ -41,7 +36,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     pd.set_option("display.width", 200)
 
-    demo = load()
+    demo = load(device="cpu")
     train = phantom_cases(range(80_000, 80_000 + args.train), **TARGET)
     test = phantom_cases(range(91_000, 91_000 + args.test), **TARGET)
     rows = []
@@ -55,22 +50,24 @@ def main() -> None:
 
     score("demo, no adaptation", demo, 0.0)
     t0 = time.time()
-    tuned, _ = finetune(demo, train, max_epochs=args.epochs, lr=1e-3, batch_size=128)
+    tuned = finetune(demo, train, max_epochs=args.epochs, learning_rate=1e-3, batch_size=128)
     score(f"demo fine-tuned on {args.train} target cases", tuned, time.time() - t0)
     t0 = time.time()
-    head, _ = finetune(demo, train, max_epochs=args.epochs, lr=1e-3, batch_size=128,
-                       freeze_branch=True)
+    head = finetune(demo, train, max_epochs=args.epochs, learning_rate=1e-3, batch_size=128,
+                    freeze="branch.*")
     score("demo, head only fine-tuned", head, time.time() - t0)
     t0 = time.time()
     torch.manual_seed(0)
     scratch = SiameseMatcher(demo.config)
-    ds = PairDataset(train, config=demo.config, seed=0)
+    scratch.detector.load_state_dict(demo.detector.state_dict())  # same candidates
+    scratch.fusion.load_state_dict(demo.fusion.state_dict())
+    ds = PairDataset(train, model=demo, seed=0)
     with tempfile.TemporaryDirectory() as ckpt:
-        fit(SiameseLightning(scratch, lr=3e-3), ds, max_epochs=args.epochs, batch_size=128,
-            accelerator="cpu", seed=0, progress=False, resume=False, checkpoint_dir=ckpt)
+        fit(SiameseLightning(scratch, learning_rate=3e-3), ds, max_epochs=args.epochs,
+            batch_size=128, seed=0, progress=False, resume=False, checkpoint_dir=ckpt)
     scratch.eval()
     score(f"from scratch on {args.train} target cases", scratch, time.time() - t0)
-    template = evaluate(test, ["template", "geometric"]).set_index("method")
+    template = evaluate(test, ["template", "geometric"], model=demo).set_index("method")
     for m in ("template", "geometric"):
         rows.append({"model": m, "roc_auc": template.loc[m, "roc_auc"],
                      "top1_accuracy": template.loc[m, "top1_accuracy"],

@@ -16,6 +16,7 @@ _EXPORTS = {
     "affinity_scatter": "biomed_toolkit.mammal.plotting",
     "score_distribution": "biomed_toolkit.mammal.plotting",
     "mammo_pair": "biomed_toolkit.mammo.plotting",
+    "mammo_froc": "biomed_toolkit.mammo.plotting",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -4,7 +4,7 @@ Attributes load lazily, so ``import biomed_toolkit`` stays light (no torch / nap
 
 >>> import biomed_toolkit as bt
 >>> case = bt.mammo.phantom(0, n_lesions=3)
->>> matches = bt.mammo.match(case, method="template")
+>>> matches = bt.mammo.match(case)  # calibrated fusion of Siamese, geometry and detector
 """
 
 from __future__ import annotations
@@ -23,19 +23,29 @@ _EXPORTS = {
     "extract_patches": "candidates",
     "label_candidates": "candidates",
     "estimate_nipple": "candidates",
+    "detector_input": "candidates",
+    "breast_geometry": "geometry",
+    "case_geometry": "geometry",
+    "BreastGeometry": "geometry",
     "match": "matching",
     "assign": "matching",
     "evaluate_matches": "evaluation",
     "evaluate": "evaluation",
+    "froc_curve": "evaluation",
+    "candidate_recall": "evaluation",
     "load": "modeling",
     "SiameseMatcher": "modeling",
-    "SiameseConfig": "modeling",
-    "SiameseLightning": "modeling",
-    "PairDataset": "modeling",
-    "finetune": "modeling",
+    "SiameseConfig": "configuration",
+    "SiameseLightning": "training",
+    "DetectorLightning": "training",
+    "PairDataset": "training",
+    "DetectorDataset": "training",
+    "fit_fusion": "training",
+    "finetune": "training",
     "show_napari": "napari_view",
     "screenshot_to_notebook": "napari_view",
     "mammo_pair": "plotting",
+    "mammo_froc": "plotting",
     "LesionMatcher": "widgets",
     "phantom_cases": "datasets",
     "dicom_test_file": "datasets",

@@ -6,12 +6,25 @@ with the detector's pixel count: a 2,000 x 1,600 view at 0.13 mm is reduced by b
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 import numpy as np
 import pandas as pd
 from scipy import ndimage as ndi
 
 from biomed_toolkit.core.errors import InputError
+from biomed_toolkit.mammo.geometry import (
+    DEFAULT_MM,
+    BreastGeometry,
+    as_image,
+    block_mean,
+    breast_geometry,
+    breast_mask,
+)
 from biomed_toolkit.mammo.io import Case, MammoImage
+
+if TYPE_CHECKING:
+    from biomed_toolkit.mammo.modeling import SiameseMatcher
 
 __all__ = [
     "detect_candidates",
@@ -20,44 +33,19 @@ __all__ = [
     "estimate_nipple",
     "breast_mask",
     "pectoral_mask",
+    "detector_input",
     "CANDIDATE_COLUMNS",
+    "DetectorMethod",
 ]
 
 CANDIDATE_COLUMNS = ["cand_id", "view", "row", "col", "radius_px", "radius_mm", "score", "kind"]
-_DEFAULT_MM = 0.5  # assumed spacing when a file has none
-
-
-def _as_image(image) -> tuple[np.ndarray, float]:
-    if isinstance(image, MammoImage):
-        return image.pixels, image.mm_per_pixel or _DEFAULT_MM
-    arr = np.asarray(image, dtype=np.float32)
-    if arr.ndim != 2:
-        raise InputError(f"expected a 2D image or a MammoImage, got an array of shape {arr.shape}")
-    return arr, _DEFAULT_MM
-
-
-def _block_mean(img: np.ndarray, f: int) -> np.ndarray:
-    if f <= 1:
-        return img.astype(np.float32, copy=False)
-    h, w = (img.shape[0] // f) * f, (img.shape[1] // f) * f
-    return img[:h, :w].reshape(h // f, f, w // f, f).mean(axis=(1, 3), dtype=np.float32)
-
-
-def breast_mask(pixels: np.ndarray) -> np.ndarray:
-    """Foreground (breast) mask by Otsu's threshold, largest component, holes filled."""
-    from skimage.filters import threshold_otsu
-
-    sm = ndi.gaussian_filter(pixels.astype(np.float32), 1.0)
-    try:
-        thr = threshold_otsu(sm)
-    except ValueError:
-        return np.ones_like(pixels, dtype=bool)
-    m = sm > thr * 0.6
-    lab, n = ndi.label(m)
-    if n > 1:
-        sizes = ndi.sum(m, lab, index=np.arange(1, n + 1))
-        m = lab == (1 + int(np.argmax(sizes)))
-    return ndi.binary_fill_holes(m)
+#: ``"learned"``: the model's heatmap network; ``"log"``: the Laplacian-of-Gaussian baseline.
+DetectorMethod = Literal["learned", "log"]
+#: Grid of the learned detector (mm per cell).
+DETECTOR_MM = 2.0
+_DEFAULT_MM = DEFAULT_MM
+_as_image = as_image
+_block_mean = block_mean
 
 
 def pectoral_mask(small: np.ndarray, mask: np.ndarray, wsp: float) -> np.ndarray:
@@ -84,23 +72,101 @@ def pectoral_mask(small: np.ndarray, mask: np.ndarray, wsp: float) -> np.ndarray
     return ndi.binary_fill_holes(out)
 
 
-def estimate_nipple(image: MammoImage | np.ndarray) -> tuple[float, float]:
-    """Nipple position (row, col) as the breast point farthest from the chest wall (left side).
+def estimate_nipple(image: MammoImage | np.ndarray, view: str | None = None) -> tuple[float, float]:
+    """Nipple position (row, col): the breast point farthest from the chest-wall line.
+
+    The chest-wall line is the left image edge in CC and the pectoral edge in MLO (see
+    :func:`biomed_toolkit.mammo.geometry.breast_geometry`).
 
     Examples
     --------
     >>> row, col = estimate_nipple(bt.mammo.phantom(0).cc)
     """
-    px, sp = _as_image(image)
-    f = max(1, int(round(1.0 / sp)))
-    small = _block_mean(px, f)
-    m = breast_mask(small)
-    cols = np.where(m.any(axis=0))[0]
-    if len(cols) == 0:
-        return px.shape[0] / 2.0, px.shape[1] - 1.0
-    c = cols.max()
-    rows = np.where(m[:, c])[0]
-    return (float(rows.mean()) + 0.5) * f - 0.5, (float(c) + 0.5) * f - 0.5
+    return breast_geometry(image, view).nipple
+
+
+def _inner_mask(geo: BreastGeometry, shape: tuple[int, int], f: int, wsp: float, *,
+                erode_mm: float = 4.0, pectoral: bool = True, pectoral_mm: float = 4.0) -> np.ndarray:
+    """Breast interior at a working grid of factor ``f``: off the skin and the pectoral."""
+    if geo.factor == f and geo.mask.shape == shape:
+        mask = geo.mask
+    else:
+        mask = ndi.zoom(geo.mask.astype(np.uint8), (shape[0] / geo.mask.shape[0],
+                                                   shape[1] / geo.mask.shape[1]), order=0)
+        mask = np.pad(mask, ((0, max(0, shape[0] - mask.shape[0])),
+                             (0, max(0, shape[1] - mask.shape[1]))))[: shape[0], : shape[1]] > 0
+    if erode_mm <= 0:
+        return mask
+    inner = ndi.binary_erosion(mask, iterations=max(1, int(round(erode_mm / wsp))), border_value=0)
+    if pectoral and geo.pectoral_found:
+        rr, cc = np.mgrid[: shape[0], : shape[1]]
+        depth = geo.depth_mm((rr + 0.5) * f - 0.5, (cc + 0.5) * f - 0.5)
+        inner &= depth > pectoral_mm
+    return inner
+
+
+def detector_input(
+    image: MammoImage | np.ndarray, geometry: BreastGeometry | None = None, view: str | None = None
+) -> tuple[np.ndarray, np.ndarray, int, BreastGeometry]:
+    """Input channels of the learned detector on a ``DETECTOR_MM`` (2 mm) grid.
+
+    Channels: the image z-scored over the breast, a calcification channel (top-hat dots at
+    0.5 mm, robust z, max-pooled to the grid) and the breast mask.
+
+    Returns
+    -------
+    (x, inner, f, geometry)
+        ``x`` float32 (3, h, w); ``inner`` the candidate region (h, w); ``f`` the block factor
+        from full resolution; the view's :class:`BreastGeometry`.
+    """
+    px, sp = as_image(image)
+    geo = geometry if geometry is not None else breast_geometry(image, view)
+    # One pass over the full image: the 0.5 mm grid, and the detector grid from it.
+    fh = max(1, int(round(0.5 / sp)))
+    hs = block_mean(px, fh)
+    ratio = max(1, int(round(DETECTOR_MM / (sp * fh))))
+    f = fh * ratio
+    wsp = sp * f
+    small = block_mean(hs, ratio)
+    h, w = small.shape
+    mask = _inner_mask(geo, (h, w), f, wsp, erode_mm=0.0, pectoral=False)
+    vals = small[mask] if mask.any() else small.ravel()
+    z = (small - float(vals.mean())) / (float(vals.std()) + 1e-6)
+    dots = hs - ndi.gaussian_filter(hs, 1.2 / (sp * fh))
+    d = dots[: h * ratio, : w * ratio]
+    d = d.reshape(d.shape[0] // ratio, ratio, d.shape[1] // ratio, ratio).max(axis=(1, 3))
+    d = np.pad(d, ((0, h - d.shape[0]), (0, w - d.shape[1])))
+    dv = d[mask] if mask.any() else d.ravel()
+    med = float(np.median(dv))
+    mad = float(np.median(np.abs(dv - med))) * 1.4826 + 1e-6
+    dz = np.clip((d - med) / mad, 0, 12) / 4.0
+    x = np.stack([z * mask, dz * mask, mask.astype(np.float32)]).astype(np.float32)
+    inner = _inner_mask(geo, (h, w), f, wsp)
+    return x, inner, f, geo
+
+
+def _learned_candidates(image, model, max_candidates, min_score, view, geometry):
+    import torch
+
+    x, inner, f, _ = detector_input(image, geometry, view)
+    with model.inference():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            logit = model.detector(torch.from_numpy(x)[None].to(model.device))[0, 0]
+        finally:
+            torch.set_num_threads(threads)
+        logit = logit.float().cpu().numpy()
+    z = np.where(inner, logit, -np.inf)
+    size = 5  # one peak per 10 mm window
+    peaks = (z == ndi.maximum_filter(z, size=size)) & inner & np.isfinite(z)
+    rr, cc = np.nonzero(peaks)
+    prob = 1.0 / (1.0 + np.exp(-z[rr, cc]))
+    keep = prob >= min_score
+    rows = [((r + 0.5) * f - 0.5, (c + 0.5) * f - 0.5, 6.0, float(p), "learned")
+            for r, c, p in zip(rr[keep], cc[keep], prob[keep])]
+    df = pd.DataFrame(rows, columns=["row", "col", "radius_mm", "score", "kind"])
+    return df.sort_values("score", ascending=False).head(max_candidates)
 
 
 def detect_candidates(
@@ -112,8 +178,11 @@ def detect_candidates(
     min_score: float = 1.0,
     calcifications: bool = True,
     view: str | None = None,
+    model: SiameseMatcher | None = None,
+    method: DetectorMethod | None = None,
+    geometry: BreastGeometry | None = None,
 ) -> pd.DataFrame:
-    """Detect lesion candidates with a scale-normalised Laplacian-of-Gaussian detector.
+    """Detect lesion candidates: the model's learned detector, or a Laplacian-of-Gaussian one.
 
     Parameters
     ----------
@@ -122,6 +191,16 @@ def detect_candidates(
         (assumed 0.5 mm per pixel).
     max_candidates
         Keep the best ``max_candidates`` by score.
+    model
+        A :class:`~biomed_toolkit.mammo.modeling.SiameseMatcher` whose heatmap network finds
+        the candidates (``method="learned"``); its scores are lesion probabilities.
+    method
+        ``"learned"`` (needs ``model``; the default when a model is given) or ``"log"`` (the
+        multi-scale blob baseline; ``score`` is a robust z-score). For ``"learned"`` the
+        ``radii_mm``, ``work_mm`` and ``calcifications`` options do not apply and
+        ``min_score`` is a probability (values >= 1 mean "no floor").
+    geometry
+        Precomputed :func:`~biomed_toolkit.mammo.geometry.breast_geometry` of the view.
     radii_mm
         Blob radii searched (sigma = radius / sqrt(2)).
     work_mm
@@ -147,15 +226,24 @@ def detect_candidates(
     px, sp = _as_image(image)
     if view is None:
         view = image.view if isinstance(image, MammoImage) else None
+    if method is None:
+        method = "learned" if model is not None else "log"
+    if method not in ("learned", "log"):
+        raise InputError(f"method must be 'learned' or 'log', got {method!r}")
+    if method == "learned":
+        if model is None:
+            raise InputError("method='learned' needs a model (bt.mammo.load())")
+        floor = min_score if min_score < 1.0 else 0.0
+        df = _learned_candidates(image, model, max_candidates, floor, view, geometry)
+        return _finish(df, sp, view)
     f = max(1, int(round(work_mm / sp)))
     wsp = sp * f
     small = _block_mean(px, f)
-    mask = breast_mask(small)
-    # Stay clear of the skin line and the image border (strong, meaningless LoG responses).
-    inner = ndi.binary_erosion(mask, iterations=max(1, int(round(6.0 / wsp))), border_value=0)
-    if view is None or str(view).upper() not in ("CC", "XCCL", "XCCM", "FB"):
-        pect = pectoral_mask(small, mask, wsp)
-        inner &= ~ndi.binary_dilation(pect, iterations=max(1, int(round(6.0 / wsp))))
+    # Stay clear of the skin line, the image border and the pectoral muscle (strong, meaningless
+    # LoG responses); the pectoral edge comes from the image geometry.
+    geo = geometry if geometry is not None else breast_geometry(
+        image, view if view is not None else "MLO")
+    inner = _inner_mask(geo, small.shape, f, wsp, erode_mm=6.0, pectoral_mm=6.0)
     rows = []
     if inner.any():
         stack = []
@@ -179,7 +267,12 @@ def detect_candidates(
             rows += _calc_clusters(px, sp, inner, f, min_score)
     df = pd.DataFrame(rows, columns=["row", "col", "radius_mm", "score", "kind"])
     df = _suppress(df, sp)
-    df = df.sort_values("score", ascending=False).head(max_candidates).reset_index(drop=True)
+    df = df.sort_values("score", ascending=False).head(max_candidates)
+    return _finish(df, sp, view)
+
+
+def _finish(df: pd.DataFrame, sp: float, view: str | None) -> pd.DataFrame:
+    df = df.reset_index(drop=True)
     df["radius_px"] = df["radius_mm"] / sp
     df["view"] = view
     df["cand_id"] = np.arange(len(df))

@@ -1,24 +1,37 @@
-"""Matching candidates across CC and MLO: template (NCC / Euclidean), geometric prior, Siamese.
+"""Matching candidates across CC and MLO: the calibrated fusion (default), Siamese, template
+(NCC / Euclidean) and geometric baselines.
 
 Every matcher produces a probability matrix ``P[i, j]`` (CC candidate i, MLO candidate j); an
 assignment step then picks at most one partner per candidate, maximising the sum of
 ``P - threshold`` so that candidates whose best probability stays below ``threshold`` remain
-unmatched.
+unmatched ("no counterpart").
+
+The default, ``method="fused"``, is a logistic regression on the Siamese logit, the difference
+of the two candidates' depths (distance perpendicular to the chest-wall line: the pectoral edge
+in MLO, the image edge in CC, both read from the pixels) and the detector's logits, fitted on
+training-seed phantoms and stored in the model (``model.fusion``), so its probabilities are
+calibrated.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
 
 from biomed_toolkit.core.errors import InputError
-from biomed_toolkit.mammo.candidates import detect_candidates, estimate_nipple, extract_patches
-from biomed_toolkit.mammo.io import Case
+from biomed_toolkit.mammo.candidates import DetectorMethod, detect_candidates, extract_patches
+from biomed_toolkit.mammo.geometry import BreastGeometry, case_geometry
+from biomed_toolkit.mammo.io import Case, MammoImage
+
+if TYPE_CHECKING:
+    from biomed_toolkit.mammo.modeling import SiameseMatcher
 
 __all__ = [
     "METHODS",
+    "Method",
+    "TemplateMetric",
     "match",
     "score_matrix",
     "candidates_of",
@@ -26,16 +39,22 @@ __all__ = [
     "assign",
     "template_scores",
     "geometric_scores",
+    "pair_features",
+    "siamese_logits",
+    "case_candidates",
     "MATCH_COLUMNS",
 ]
 
-METHODS = ("siamese", "template", "geometric", "siamese+geometric")
+#: Matchers: the calibrated fusion (default) and the baselines.
+Method = Literal["fused", "siamese", "template", "geometric", "siamese+geometric"]
+METHODS: tuple[str, ...] = ("fused", "siamese", "template", "geometric", "siamese+geometric")
+TemplateMetric = Literal["ncc", "euclidean"]
 MATCH_COLUMNS = [
     "cc_id", "mlo_id", "probability", "assigned", "rank_cc", "rank_mlo",
     "cc_row", "cc_col", "cc_score", "cc_radius_px", "mlo_row", "mlo_col", "mlo_score",
     "mlo_radius_px",
 ]
-#: Standard deviation (mm) of the difference of nipple distances between views for one lesion.
+#: Standard deviation (mm) of the difference of depths between views for one lesion.
 GEOMETRIC_SIGMA_MM = 7.0
 
 
@@ -64,30 +83,82 @@ def template_scores(
     raise InputError(f"metric must be 'ncc' or 'euclidean', got {metric!r}")
 
 
-def _nipple(case: Case, view: str) -> tuple[float, float]:
-    if case.nipple is not None and view in case.nipple:
-        return case.nipple[view]
-    return estimate_nipple(case.view(view))
+def _depths(geometry: dict[str, BreastGeometry], cc: pd.DataFrame, mlo: pd.DataFrame):
+    out = {}
+    for name, cands in (("cc", cc), ("mlo", mlo)):
+        g = geometry[name]
+        d = g.depth_mm(cands["row"].to_numpy(float), cands["col"].to_numpy(float))
+        out[name] = (d, d / max(g.nipple_depth_mm, 1.0))
+    return out
 
 
 def geometric_scores(
-    case: Case, cc: pd.DataFrame, mlo: pd.DataFrame, *, sigma_mm: float = GEOMETRIC_SIGMA_MM
+    case: Case, cc: pd.DataFrame, mlo: pd.DataFrame, *, sigma_mm: float = GEOMETRIC_SIGMA_MM,
+    geometry: dict[str, BreastGeometry] | None = None,
 ) -> np.ndarray:
-    """Geometric prior: same distance to the nipple along the nipple / chest-wall axis.
+    """Geometric prior: the same depth in both views, ``exp(-(d_cc - d_mlo)^2 / (2 sigma^2))``.
 
-    With the chest wall on the left in both views that axis is horizontal, so the distance is
-    ``(nipple column - candidate column) * spacing``; the score is
-    ``exp(-(d_cc - d_mlo)^2 / (2 sigma^2))``.
+    Depth is the distance perpendicular to the chest-wall line read from the pixels: the image
+    edge in CC, the pectoral edge in MLO (:func:`~biomed_toolkit.mammo.geometry.breast_geometry`).
     """
     if len(cc) == 0 or len(mlo) == 0:
         return np.zeros((len(cc), len(mlo)))
-    d = {}
-    for name, cands in (("cc", cc), ("mlo", mlo)):
-        sp = case.view(name).mm_per_pixel or 0.5
-        _, ncol = _nipple(case, name)
-        d[name] = (ncol - cands["col"].to_numpy(dtype=np.float64)) * sp
-    diff = d["cc"][:, None] - d["mlo"][None, :]
+    geometry = geometry or case_geometry(case)
+    d = _depths(geometry, cc, mlo)
+    diff = d["cc"][0][:, None] - d["mlo"][0][None, :]
     return np.exp(-(diff**2) / (2 * sigma_mm**2))
+
+
+def _model_patches(model: SiameseMatcher, image: MammoImage, cands: pd.DataFrame) -> np.ndarray:
+    c = model.config
+    kind = "both" if c.in_channels == 2 else "zscore"
+    p = extract_patches(image, cands, size_mm=c.patch_mm, out_size=c.patch_size, normalize=kind)
+    return p if p.ndim == 4 else p[:, None]
+
+
+def siamese_logits(model: SiameseMatcher, case: Case, cc: pd.DataFrame,
+                   mlo: pd.DataFrame) -> np.ndarray:
+    """Siamese logit of every (CC candidate, MLO candidate) pair, on one thread.
+
+    A few dozen tiny patches: extra intra-op threads only add synchronisation cost.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return model.pair_logits(_model_patches(model, case.cc, cc), _model_patches(model, case.mlo, mlo))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _det_logit(cands: pd.DataFrame) -> np.ndarray:
+    s = cands["score"].to_numpy(float)
+    if len(s) and (cands["kind"] == "learned").all():
+        p = np.clip(s, 1e-4, 1 - 1e-4)
+        return np.log(p / (1 - p))
+    return s
+
+
+def pair_features(
+    geometry: dict[str, BreastGeometry], cc: pd.DataFrame, mlo: pd.DataFrame,
+    siamese_logit: np.ndarray, features: tuple[str, ...],
+) -> np.ndarray:
+    """The fusion's pair features, (len(cc), len(mlo), len(features)), in ``features`` order."""
+    n, m = len(cc), len(mlo)
+    d = _depths(geometry, cc, mlo)
+    diff = d["cc"][0][:, None] - d["mlo"][0][None, :]
+    rel = d["cc"][1][:, None] - d["mlo"][1][None, :]
+    dcc, dmlo = _det_logit(cc), _det_logit(mlo)
+    table = {
+        "siamese_logit": siamese_logit,
+        "abs_depth_diff_mm": np.abs(diff) / 10.0,
+        "sq_depth_diff": (diff / 10.0) ** 2,
+        "abs_rel_depth_diff": np.abs(rel) * 10.0,
+        "det_logit_cc": np.broadcast_to(dcc[:, None], (n, m)),
+        "det_logit_mlo": np.broadcast_to(dmlo[None, :], (n, m)),
+    }
+    return np.stack([np.asarray(table[f], float).reshape(n, m) for f in features], axis=-1)
 
 
 def assign(prob: np.ndarray, threshold: float = 0.5) -> list[tuple[int, int]]:
@@ -110,15 +181,16 @@ def score_matrix(
     cc: pd.DataFrame,
     mlo: pd.DataFrame,
     *,
-    method: str = "siamese",
-    model: Any = None,
-    metric: str = "ncc",
+    method: Method = "fused",
+    model: SiameseMatcher | None = None,
+    metric: TemplateMetric = "ncc",
+    geometry: dict[str, BreastGeometry] | None = None,
 ) -> np.ndarray:
     """Probability matrix (len(cc), len(mlo)) of one matcher."""
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
     if method == "geometric":
-        return geometric_scores(case, cc, mlo)
+        return geometric_scores(case, cc, mlo, geometry=geometry)
     if method == "template":
         kind = "zscore" if metric == "ncc" else "none"
         pa = extract_patches(case.cc, cc, normalize=kind)
@@ -128,22 +200,45 @@ def score_matrix(
         from biomed_toolkit.mammo.modeling import load
 
         model = load()
-    p = model.score_candidates(case, cc, mlo)
+    logit = siamese_logits(model, case, cc, mlo)
+    if method == "fused":
+        if logit.size == 0:
+            return logit
+        geometry = geometry or case_geometry(case)
+        return model.fuse(pair_features(geometry, cc, mlo, logit, model.config.fusion_features))
+    p = 1.0 / (1.0 + np.exp(-logit))
     if method == "siamese+geometric":
-        g = geometric_scores(case, cc, mlo)
+        g = geometric_scores(case, cc, mlo, geometry=geometry)
         p = np.sqrt(p * g)  # geometric mean: both must agree
     return p
 
 
+def case_candidates(
+    case: Case, model: SiameseMatcher | None = None, *, max_candidates: int = 10,
+    detector: DetectorMethod = "learned", geometry: dict[str, BreastGeometry] | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Candidates of both views: ``{"cc": df, "mlo": df}`` (see :func:`detect_candidates`)."""
+    if detector == "learned" and model is None:
+        from biomed_toolkit.mammo.modeling import load
+
+        model = load()
+    geometry = geometry or case_geometry(case)
+    return {v: detect_candidates(case.view(v), max_candidates=max_candidates, view=v.upper(),
+                                 model=model if detector == "learned" else None,
+                                 method=detector, geometry=geometry[v])
+            for v in ("cc", "mlo")}
+
+
 def match(
     case: Case,
-    model: Any = None,
-    method: str = "siamese",
+    model: SiameseMatcher | None = None,
+    method: Method = "fused",
     *,
     threshold: float = 0.5,
-    max_candidates: int = 12,
+    max_candidates: int = 10,
     candidates: dict[str, pd.DataFrame] | None = None,
-    metric: str = "ncc",
+    metric: TemplateMetric = "ncc",
+    detector: DetectorMethod = "learned",
 ) -> pd.DataFrame:
     """Match lesion candidates between the CC and MLO views of one case.
 
@@ -152,47 +247,62 @@ def match(
     case
         A :class:`Case` (from :func:`read_case` or :func:`phantom`).
     model
-        A :class:`SiameseMatcher` for ``method="siamese"`` (the embedded demo when None).
+        A :class:`~biomed_toolkit.mammo.modeling.SiameseMatcher` (the embedded demo when None):
+        its detector finds the candidates, its Siamese network and fusion score the pairs.
     method
-        ``"siamese"``, ``"template"`` (``metric="ncc"`` or ``"euclidean"``), ``"geometric"``
-        (nipple-distance prior) or ``"siamese+geometric"``.
+        ``"fused"`` (default: calibrated fusion of the Siamese logit, the depth difference
+        along the posterior nipple line and the detector scores), ``"siamese"``, ``"template"``
+        (``metric="ncc"`` or ``"euclidean"``), ``"geometric"`` (depth prior) or
+        ``"siamese+geometric"`` (geometric mean of the two).
     threshold
-        Pairs below this probability are never assigned.
+        Pairs below this probability are never assigned (a candidate may stay without a
+        counterpart).
     max_candidates
         Candidates per view (when ``candidates`` is not given).
     candidates
         Precomputed ``{"cc": df, "mlo": df}`` from :func:`detect_candidates`.
     metric
         Template-matching metric.
+    detector
+        ``"learned"`` (the model's heatmap detector) or ``"log"`` (blob baseline).
 
     Returns
     -------
     pandas.DataFrame
         One row per (CC candidate, MLO candidate) pair, columns ``cc_id, mlo_id,
-        probability, assigned`` (chosen by the assignment), ``rank_cc`` / ``rank_mlo`` (rank of
-        the pair among the candidate's partners, 1 = best), candidate positions and scores.
-        ``df.attrs`` holds ``method``, ``threshold`` and the candidate tables
-        (``cc_candidates``, ``mlo_candidates``), so unmatched candidates are kept.
+        probability, assigned`` (chosen by the one-to-one assignment), ``rank_cc`` /
+        ``rank_mlo`` (rank of the pair among the candidate's partners, 1 = best), candidate
+        positions and scores. ``df.attrs`` holds ``method``, ``threshold`` and the candidate
+        tables (``cc_candidates``, ``mlo_candidates``), so unmatched candidates are kept.
 
     Examples
     --------
     >>> case = bt.mammo.phantom(0)
-    >>> m = bt.mammo.match(case, method="template")
+    >>> m = bt.mammo.match(case)
     >>> m[m.assigned].head()  # doctest: +SKIP
     """
     if not isinstance(case, Case):
         raise InputError(
             f"match needs a Case (bt.mammo.read_case or bt.mammo.phantom), got {type(case).__name__}"
         )
+    if method not in METHODS:
+        raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    needs_model = detector == "learned" or method not in ("template", "geometric")
+    if model is None and needs_model:
+        from biomed_toolkit.mammo.modeling import load
+
+        model = load()
+    geometry = case_geometry(case)
     if candidates is None:
-        cc = detect_candidates(case.cc, max_candidates=max_candidates, view="CC")
-        mlo = detect_candidates(case.mlo, max_candidates=max_candidates, view="MLO")
+        cands = case_candidates(case, model, max_candidates=max_candidates, detector=detector,
+                                geometry=geometry)
+        cc, mlo = cands["cc"], cands["mlo"]
     else:
         try:
             cc, mlo = candidates["cc"], candidates["mlo"]
         except (KeyError, TypeError) as e:
             raise InputError("candidates must be a dict {'cc': DataFrame, 'mlo': DataFrame}") from e
-    prob = score_matrix(case, cc, mlo, method=method, model=model, metric=metric)
+    prob = score_matrix(case, cc, mlo, method=method, model=model, metric=metric, geometry=geometry)
     return pairs_frame(prob, cc, mlo, threshold=threshold, method=method)
 
 

@@ -3,11 +3,19 @@
 Geometry (all in mm). The uncompressed breast is a half ellipsoid: ``x`` runs from the chest
 wall (0) to the nipple (``depth``), ``y`` is medio-lateral, ``z`` cranio-caudal. A view with
 angle ``theta`` (0 for CC, 30-60 degrees for MLO) compresses along ``n = (0, sin, cos)`` and
-spreads the breast in the image plane spanned by ``x`` (columns, chest wall at column 0) and
-``v = (0, cos, -sin)`` (rows). Glandular tissue is a smoothed 3D random field whose ray sums give
-the parenchymal pattern; masses are 3D ellipsoids (projected analytically) and calcification
-clusters are groups of tiny spheres, all at known 3D positions, so every lesion has an exact
-position in both views. A per-view elastic jitter (sd ``jitter_mm``) and a per-view compression
+spreads the breast in the plane spanned by ``x`` (depth) and ``v = (0, cos, -sin)``. In the CC
+image depth runs along the columns (chest wall at column 0). In the MLO image the plane is
+turned by the pectoral tilt ``psi`` (about 0.4 x theta): the chest wall is the anterior edge of
+the pectoral muscle, a straight line running from the top edge down to the left edge, and depth
+is measured perpendicular to it, as a reader draws the posterior nipple line.
+
+Glandular tissue is a smoothed 3D random field whose ray sums give the parenchymal pattern;
+masses are 3D ellipsoids (projected analytically) with circumscribed, ill-defined or spiculated
+margins, and calcification clusters are groups of tiny spheres, all at known 3D positions, so
+every lesion has an exact position in both views. Look-alikes a reader meets are added too:
+dense tissue islands and vessels (3D, seen in both views), lymph nodes in the axillary tail
+(MLO only) and overlapping glandular tissue (a summation shadow in one view only). Some lesions
+are hidden in one view. A per-view elastic jitter (sd ``jitter_mm``) and per-view compression
 make the two views geometrically consistent only approximately, as in real exams.
 """
 
@@ -15,6 +23,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,15 +33,19 @@ from scipy.special import expit
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.mammo.io import MG_PRESENTATION, Case, MammoImage
 
-__all__ = ["phantom", "write_dicom", "DENSITY_LEVELS"]
+__all__ = ["phantom", "write_dicom", "DENSITY_LEVELS", "MARGINS", "Orientation"]
 
 #: BI-RADS-like density letters -> glandular volume fraction.
 DENSITY_LEVELS = {"a": 0.08, "b": 0.2, "c": 0.38, "d": 0.6}
+#: Mass margins the phantom draws.
+MARGINS = ("circumscribed", "ill-defined", "spiculated")
+#: How :func:`write_dicom` writes PatientOrientation.
+Orientation = Literal["standard", "missing", "mislabelled"]
 
 _FOV_ROWS_MM = 260.0  # physical height of the detector field
 
 
-def _density_fraction(density) -> float:
+def _density_fraction(density: float | str) -> float:
     if isinstance(density, str):
         key = density.lower().strip()
         if key not in DENSITY_LEVELS:
@@ -45,9 +58,15 @@ def _density_fraction(density) -> float:
 
 
 class _View:
-    """The linear map from 3D breast coordinates (mm) to one view's image (pixels)."""
+    """The map from 3D breast coordinates (mm) to one view's image (pixels).
 
-    def __init__(self, theta_deg, compression, spacing, row_offset_mm, rng):
+    ``(x, v)`` (uncompressed, mm) -> plane ``(a, b) = (sx * x, sv * v + row0)`` (mm) -> image
+    ``(col, row) * sp = pivot + R(psi) (a, b - b_pivot)``; ``psi = 0`` for CC.
+    """
+
+    def __init__(self, theta_deg: float, compression: float, spacing: float,
+                 row_offset_mm: float, rng: np.random.Generator, *, psi_deg: float = 0.0,
+                 pivot_mm: float = 0.0) -> None:
         th = np.deg2rad(theta_deg)
         self.theta = float(theta_deg)
         self.n = np.array([0.0, np.sin(th), np.cos(th)])
@@ -58,14 +77,34 @@ class _View:
         self.sv = self.c**-0.4
         self.sp = float(spacing)
         self.row0 = float(row_offset_mm)
+        self.psi = float(psi_deg)
+        self.cos, self.sin = np.cos(np.deg2rad(psi_deg)), np.sin(np.deg2rad(psi_deg))
+        self.bp = float(pivot_mm)
         # Smooth per-view displacement field (elastic tissue shift), as random sinusoids.
         self.k = rng.normal(0, 1 / 60.0, size=(3, 3))
         self.phase = rng.uniform(0, 2 * np.pi, size=3)
 
-    def basis(self):
+    def basis(self) -> np.ndarray:
         return np.stack([self.ex, self.v, self.n], axis=1)  # columns x, v, n
 
-    def to_pixels(self, p, jitter_mm=0.0):
+    def plane_to_pixels(self, a, b):
+        """Plane (a, b) in mm -> image (row, col) in pixels."""
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        col = self.cos * a - self.sin * (b - self.bp)
+        row = self.bp + self.sin * a + self.cos * (b - self.bp)
+        return row / self.sp, col / self.sp
+
+    def pixels_to_plane(self, rows, cols):
+        """Image (row, col) in pixels (broadcast) -> plane (a, b) in mm."""
+        c = np.asarray(cols, float) * self.sp
+        r = np.asarray(rows, float) * self.sp - self.bp
+        return self.cos * c + self.sin * r, -self.sin * c + self.cos * r + self.bp
+
+    def rotate_offsets(self, drow, dcol):
+        """Image offsets (mm) -> plane offsets (da, db) in mm."""
+        return self.cos * dcol + self.sin * drow, -self.sin * dcol + self.cos * drow
+
+    def to_pixels(self, p, jitter_mm: float = 0.0):
         p = np.atleast_2d(p)
         x = p @ self.ex
         v = p @ self.v
@@ -73,9 +112,17 @@ class _View:
             d = jitter_mm * np.sin(p @ self.k.T * 2 * np.pi + self.phase)
             x = x + d[:, 0]
             v = v + d[:, 1]
-        col = self.sx * x / self.sp
-        row = (self.sv * v + self.row0) / self.sp
-        return row, col
+        return self.plane_to_pixels(self.sx * x, self.sv * v + self.row0)
+
+    def chest_line(self, shape: tuple[int, int]) -> np.ndarray:
+        """Two image points (row, col) of the chest-wall line (depth 0): top and bottom."""
+        H = shape[0]
+        if self.psi == 0:
+            return np.array([[0.0, 0.0], [H - 1.0, 0.0]])
+        # a = 0: col = -sin (b - bp), row = bp + cos (b - bp); from row 0 to col 0.
+        t_top = -self.bp / self.cos
+        top = (0.0, -self.sin * t_top / self.sp)
+        return np.array([top, (self.bp / self.sp, 0.0)])
 
 
 def _gland_field(rng, depth, ry, rz, density):
@@ -98,12 +145,8 @@ def _gland_field(rng, depth, ry, rz, density):
     return frac.astype(np.float32), shape
 
 
-def _ray_gland_fraction(frac, shape, view, depth, ry, rz, rows, cols, n_steps=40):
-    """Mean glandular fraction along each ray of a coarse (rows, cols) grid of one view."""
-    # Pixel -> uncompressed in-plane coordinates.
-    x = (cols * view.sp) / view.sx
-    v = (rows * view.sp - view.row0) / view.sv
-    X, V = np.meshgrid(x, v)
+def _ray_gland_fraction(frac, shape, view, depth, ry, rz, X, V, n_steps=40):
+    """Mean glandular fraction along each ray through uncompressed in-plane points (X, V)."""
     rmax = max(ry, rz)
     t = np.linspace(-rmax, rmax, n_steps)
     P = (
@@ -127,32 +170,103 @@ def _smooth_noise(rng, shape, sigma):
     return n / (n.std() + 1e-9)
 
 
-def _render_view(rng, view, shape, geo, frac, fshape, lesions3d, *, noise, contrast, is_mlo,
-                 jitter_mm):
+def _stamp_blob(att, r_px, c_px, sd_px, amp, *, hilum=0.0):
+    """Add a soft 2D blob (sd in pixels) at (r, c); ``hilum`` darkens an off-centre notch."""
+    H, W = att.shape
+    rad = int(np.ceil(3 * sd_px)) + 1
+    r0, r1 = max(0, int(r_px) - rad), min(H, int(r_px) + rad + 1)
+    c0, c1 = max(0, int(c_px) - rad), min(W, int(c_px) + rad + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    yy = np.arange(r0, r1)[:, None] - r_px
+    xx = np.arange(c0, c1)[None, :] - c_px
+    blob = np.exp(-(xx**2 + yy**2) / (2 * sd_px**2))
+    if hilum:
+        blob = blob * (1 - hilum * np.exp(-((xx - 0.6 * sd_px) ** 2 + yy**2) / (2 * (0.4 * sd_px) ** 2)))
+    att[r0:r1, c0:c1] += amp * blob
+
+
+def _stamp_line(att, p0, p1, width_px, amp):
+    """Add a soft line segment from p0 to p1 (row, col) of Gaussian cross-section."""
+    H, W = att.shape
+    pad = int(np.ceil(3 * width_px)) + 1
+    r0 = max(0, int(min(p0[0], p1[0])) - pad)
+    r1 = min(H, int(max(p0[0], p1[0])) + pad + 1)
+    c0 = max(0, int(min(p0[1], p1[1])) - pad)
+    c1 = min(W, int(max(p0[1], p1[1])) + pad + 1)
+    if r0 >= r1 or c0 >= c1:
+        return
+    yy = np.arange(r0, r1)[:, None].astype(float)
+    xx = np.arange(c0, c1)[None, :].astype(float)
+    d = np.array(p1, float) - np.array(p0, float)
+    L2 = max(float(d @ d), 1e-9)
+    t = np.clip(((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / L2, 0, 1)
+    dist2 = (yy - p0[0] - t * d[0]) ** 2 + (xx - p0[1] - t * d[1]) ** 2
+    att[r0:r1, c0:c1] += amp * np.exp(-dist2 / (2 * width_px**2))
+
+
+def _render_mass(att, view, les, r_px, c_px, contrast, rng):
+    """Add one ellipsoidal mass (analytic chord length), its margin and spicules; its radius."""
+    H, W = att.shape
+    sp = view.sp
+    B = view.basis()
+    M = np.diag([view.sx, view.sv, view.c]) @ B.T  # 3D (mm) -> (x', v', t') (mm)
+    Minv = np.linalg.inv(M)
+    A2 = Minv.T @ les["A"] @ Minv
+    a33 = A2[2, 2]
+    S = A2[:2, :2] - np.outer(A2[:2, 2], A2[2, :2]) / a33  # in (x', v') mm
+    ext = 1.0 / np.sqrt(np.linalg.eigvalsh(S).min())  # max in-plane semi-axis, mm
+    rad = int(np.ceil(1.6 * ext / sp + 3 * les["blur_mm"] / sp)) + 2
+    r0, r1 = max(0, int(r_px) - rad), min(H, int(r_px) + rad + 1)
+    c0, c1 = max(0, int(c_px) - rad), min(W, int(c_px) + rad + 1)
+    if r0 < r1 and c0 < c1:
+        drow = (np.arange(r0, r1)[:, None] - r_px) * sp
+        dcol = (np.arange(c0, c1)[None, :] - c_px) * sp
+        dx, dy = view.rotate_offsets(drow, dcol)
+        q = S[0, 0] * dx**2 + 2 * S[0, 1] * dx * dy + S[1, 1] * dy**2
+        phi = np.arctan2(dy, dx)
+        wob = 1.0 + sum(amp * np.cos(k * phi + ph) for k, amp, ph in les["harmonics"])
+        q = q * wob
+        chord = 2.0 * np.sqrt(np.clip(1.0 - q, 0, None) / a33)
+        chord = ndi.gaussian_filter(chord, sigma=les["blur_mm"] / sp)  # soft / ill-defined margin
+        att[r0:r1, c0:c1] += contrast * les["dmu"] * chord
+    if les["margin"] == "spiculated":
+        peak = contrast * les["dmu"] * 2.0 / np.sqrt(a33)
+        for ang, length in les["spicules"]:
+            ang = ang + rng.normal(0, 0.15)
+            u = np.array([np.sin(ang), np.cos(ang)])
+            p0 = np.array([r_px, c_px]) + 0.7 * ext / sp * u
+            p1 = np.array([r_px, c_px]) + (ext + length) / sp * u
+            _stamp_line(att, p0, p1, max(0.6, 0.45 / sp), 0.25 * peak)
+    return ext / sp
+
+
+def _render_view(rng, view, shape, geo, frac, fshape, lesions3d, distractors, *, noise,
+                 contrast, is_mlo, jitter_mm, name):
     H, W = shape
     sp = view.sp
     depth, ry, rz = geo["depth"], geo["ry"], geo["rz"]
     rows = np.arange(H, dtype=np.float32)
     cols = np.arange(W, dtype=np.float32)
+    A, Bm = view.pixels_to_plane(rows[:, None], cols[None, :])  # plane mm, (H, W)
+    X = A / view.sx
+    V = (Bm - view.row0) / view.sv
     # Shadow of the ellipsoid along n: normalised radius rho (1 at the skin).
     rv = np.sqrt((ry * view.v[1]) ** 2 + (rz * view.v[2]) ** 2)
-    x = cols * sp / view.sx
-    v = (rows * sp - view.row0) / view.sv
-    rho2 = (x[None, :] / depth) ** 2 + (v[:, None] / rv) ** 2
+    rho2 = np.where(X >= 0, (X / depth) ** 2 + (V / rv) ** 2, 2.0)
     # Nipple: a small bump at the tip.
-    nip_x, nip_row = depth * view.sx / sp, view.row0 / sp
-    nip_r = 5.0 / sp
-    dn2 = ((cols[None, :] - nip_x) ** 2 + (rows[:, None] - nip_row) ** 2) / nip_r**2
+    nip_r = 5.0
+    dn2 = ((A - depth * view.sx) ** 2 + (Bm - view.row0) ** 2) / nip_r**2
     # Compressed thickness: flat under the paddle, rolling off near the skin.
     t0 = geo["thickness"]
     rho2c = np.clip(rho2, 0, 1)
     thick = np.where(rho2 < 1, t0 * np.sqrt(np.clip(1 - rho2c**2, 0, 1)), 0.0)
-    thick = np.maximum(thick, np.where(dn2 < 1, 0.25 * t0 * np.sqrt(np.clip(1 - dn2, 0, 1)), 0))
+    thick = np.maximum(thick, np.where(dn2 < 1, 0.35 * t0 * np.sqrt(np.clip(1 - dn2, 0, 1)), 0))
     mask = thick > 0
     # Glandular fraction: coarse ray sums, upsampled, plus fine texture.
     step = max(1, int(round(4.0 / sp)))
-    cr, cc = rows[::step], cols[::step]
-    g_coarse = _ray_gland_fraction(frac, fshape, view, depth, ry, rz, cr, cc)
+    g_coarse = _ray_gland_fraction(frac, fshape, view, depth, ry, rz, X[::step, ::step],
+                                   V[::step, ::step])
     g = ndi.zoom(g_coarse, (H / g_coarse.shape[0], W / g_coarse.shape[1]), order=1)[:H, :W]
     g = np.pad(g, ((0, H - g.shape[0]), (0, W - g.shape[1])), mode="edge")
     fine = _smooth_noise(rng, shape, sigma=max(0.6, 0.8 / sp))
@@ -164,46 +278,46 @@ def _render_view(rng, view, shape, geo, frac, fshape, lesions3d, *, noise, contr
     m = mask.astype(np.float32)
     band = np.clip(m - ndi.gaussian_filter(m, sigma=max(1.0, 1.2 / sp)), 0, None)
     att += 2.2 * t0 * band * 0.5
-    # Pectoral muscle (MLO only): a bright triangle in the upper chest-wall corner.
+    # Pectoral muscle (MLO only): everything behind the chest-wall line above the pivot.
     if is_mlo:
-        a, b = geo["pect_w"] / sp, geo["pect_h"] / sp
-        edge = cols[None, :] / a + rows[:, None] / b
-        soft = expit(-(edge - 1.0) * min(a, b) / max(1.0, 1.5 / sp))
+        w_edge = max(1.0, 1.5 / sp) * sp
+        soft = expit(-A / w_edge) * expit((view.bp - Bm) / (4 * w_edge))
+        soft = soft * (Bm > 0)
         pect = soft * (0.9 + 0.1 * mid)
-        att = att * (1 - pect) + pect * 0.95 * t0 * (1 + 0.06 * fine)
+        att = att * (1 - pect) + pect * 1.05 * t0 * (1 + 0.06 * fine)
         mask = mask | (soft > 0.5)
+    # Look-alikes.
+    for d in distractors:
+        if d["kind"] == "island":
+            r_px, c_px = view.to_pixels(d["center"], jitter_mm=jitter_mm)
+            _stamp_blob(att, float(r_px[0]), float(c_px[0]), d["radius_mm"] / sp,
+                        contrast * d["amp"] * t0)
+        elif d["kind"] == "vessel":
+            rr, cc_ = view.to_pixels(d["path"], jitter_mm=jitter_mm)
+            for k in range(len(rr) - 1):
+                _stamp_line(att, (rr[k], cc_[k]), (rr[k + 1], cc_[k + 1]),
+                            d["width_mm"] / sp, d["amp"] * t0)
+        elif d["kind"] == "lymph node" and is_mlo:
+            r_px, c_px = view.plane_to_pixels(d["a_mm"], d["b_mm"])
+            _stamp_blob(att, float(r_px), float(c_px), d["radius_mm"] / sp,
+                        contrast * d["amp"] * t0, hilum=0.6)
+        elif d["kind"] == "overlap" and d["view"] == name:
+            r_px, c_px = view.to_pixels(d["center"], jitter_mm=0.0)
+            for dr, dc, sd in d["parts"]:
+                _stamp_blob(att, float(r_px[0]) + dr / sp, float(c_px[0]) + dc / sp, sd / sp,
+                            contrast * d["amp"] * t0)
     # Lesions.
     records = []
-    B = view.basis()
-    M = np.diag([view.sx, view.sv, view.c]) @ B.T  # 3D (mm) -> (x', v', t') (mm)
-    Minv = np.linalg.inv(M)
     for les in lesions3d:
         r_px, c_px = view.to_pixels(les["center"], jitter_mm=jitter_mm)
         r_px, c_px = float(r_px[0]), float(c_px[0])
+        visible = les["hidden_in"] != name
         if les["kind"] == "mass":
-            A2 = Minv.T @ les["A"] @ Minv
-            a33 = A2[2, 2]
-            S = A2[:2, :2] - np.outer(A2[:2, 2], A2[2, :2]) / a33  # in (x', v') mm
-            ext = 1.0 / np.sqrt(np.linalg.eigvalsh(S).min())  # max in-plane semi-axis, mm
-            rad = int(np.ceil(1.6 * ext / sp)) + 2
-            r0, r1 = max(0, int(r_px) - rad), min(H, int(r_px) + rad + 1)
-            c0, c1 = max(0, int(c_px) - rad), min(W, int(c_px) + rad + 1)
-            if r0 >= r1 or c0 >= c1:
-                records.append((r_px, c_px, ext / sp))
-                continue
-            dy = (np.arange(r0, r1)[:, None] - r_px) * sp
-            dx = (np.arange(c0, c1)[None, :] - c_px) * sp
-            q = S[0, 0] * dx**2 + 2 * S[0, 1] * dx * dy + S[1, 1] * dy**2
-            phi = np.arctan2(dy, dx)
-            wob = 1.0 + sum(
-                amp * np.cos(k * phi + ph) for k, amp, ph in les["harmonics"]
-            )
-            q = q * wob
-            chord = 2.0 * np.sqrt(np.clip(1.0 - q, 0, None) / a33)
-            # Soft margin (ill-defined masses blur more).
-            chord = ndi.gaussian_filter(chord, sigma=les["blur_mm"] / sp)
-            att[r0:r1, c0:c1] += contrast * les["dmu"] * chord
-            records.append((r_px, c_px, ext / sp))
+            if visible:
+                rad_px = _render_mass(att, view, les, r_px, c_px, contrast, rng)
+            else:
+                rad_px = les["radius_mm"] / sp
+            records.append((r_px, c_px, rad_px, visible))
         else:  # calcification cluster
             rr, cc_ = view.to_pixels(les["calcs"], jitter_mm=0.0)
             # Move the whole cluster with the lesion's jitter.
@@ -211,23 +325,83 @@ def _render_view(rng, view, shape, geo, frac, fshape, lesions3d, *, noise, contr
             rr = rr + (r_px - r_c[0])
             cc_ = cc_ + (c_px - c_c[0])
             sig = max(0.7, 0.25 / sp)
-            rad = int(np.ceil(3 * sig)) + 1
-            for y, xq, amp in zip(rr, cc_, les["amps"]):
-                y0, y1 = max(0, int(y) - rad), min(H, int(y) + rad + 1)
-                x0, x1 = max(0, int(xq) - rad), min(W, int(xq) + rad + 1)
-                if y0 >= y1 or x0 >= x1:
-                    continue
-                yy = np.arange(y0, y1)[:, None] - y
-                xx = np.arange(x0, x1)[None, :] - xq
-                att[y0:y1, x0:x1] += contrast * amp * t0 * np.exp(-(xx**2 + yy**2) / (2 * sig**2))
+            if visible:
+                for y, xq, amp in zip(rr, cc_, les["amps"]):
+                    _stamp_blob(att, y, xq, sig, contrast * amp * t0)
             spread = np.sqrt(np.mean((rr - rr.mean()) ** 2 + (cc_ - cc_.mean()) ** 2))
-            records.append((float(np.mean(rr)), float(np.mean(cc_)), max(2.0 * spread, 3.0 / sp)))
+            records.append((float(np.mean(rr)), float(np.mean(cc_)), max(2.0 * spread, 3.0 / sp),
+                            visible))
     img = att / (1.15 * t0)
     img = np.clip(img, 0, None) ** 0.8
     img = img * 0.92 + 0.03 * mask
     img = img + noise * rng.standard_normal(shape).astype(np.float32)
     img = np.clip(img, 0.0, 1.0).astype(np.float32)
-    return img, records, (nip_row, nip_x + 0.8 * nip_r), mask
+    nip = view.plane_to_pixels(depth * view.sx + 0.8 * nip_r, view.row0)
+    return img, records, (float(nip[0]), float(nip[1])), mask
+
+
+def _draw_mass(rng, p, mass_radius_mm, margins):
+    r = rng.uniform(*mass_radius_mm)
+    axes = r * rng.uniform(0.75, 1.25, 3)
+    Q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
+    margin = str(margins[int(rng.integers(len(margins)))])
+    les = {"center": p, "kind": "mass", "margin": margin, "A": Q @ np.diag(1 / axes**2) @ Q.T,
+           "radius_mm": float(r)}
+    wobble = 0.25 if margin == "ill-defined" else 0.12
+    les["harmonics"] = [(k, rng.uniform(0, wobble), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)]
+    if margin == "circumscribed":
+        les["blur_mm"] = float(rng.uniform(0.3, 0.8))
+        les["dmu"] = float(rng.uniform(1.0, 1.6))
+    elif margin == "ill-defined":
+        les["blur_mm"] = float(rng.uniform(1.5, 3.0))
+        les["dmu"] = float(rng.uniform(0.9, 1.4))
+    else:
+        les["blur_mm"] = float(rng.uniform(0.5, 1.2))
+        les["dmu"] = float(rng.uniform(0.9, 1.5))
+    n_sp = int(rng.integers(6, 14))
+    les["spicules"] = [(float(rng.uniform(0, 2 * np.pi)), float(rng.uniform(1.0, 2.5) * r))
+                       for _ in range(n_sp)]
+    return les
+
+
+def _draw_distractors(rng, n, geo, inside_ok, sp_shape):
+    """Look-alikes: dense islands, vessels, axillary lymph nodes, overlapping tissue."""
+    out = []
+    kinds = ["island", "vessel", "lymph node", "overlap"]
+    for k in range(n):
+        kind = kinds[k % 4] if k < 4 else kinds[int(rng.integers(4))]
+        u = rng.uniform(-1, 1, 3)
+        u[0] = abs(u[0])
+        u *= 0.75 / max(np.linalg.norm(u), 0.75)
+        p = np.array([u[0] * geo["depth"], u[1] * geo["ry"], u[2] * geo["rz"]])
+        if kind == "island":
+            out.append({"kind": kind, "center": p, "radius_mm": float(rng.uniform(3.0, 6.0)),
+                        "amp": float(rng.uniform(0.12, 0.25))})
+        elif kind == "vessel":
+            start = p
+            direction = rng.normal(0, 1, 3)
+            direction[0] = abs(direction[0]) + 0.5
+            direction /= np.linalg.norm(direction)
+            pts = [start]
+            for _ in range(8):
+                direction = direction + rng.normal(0, 0.25, 3)
+                direction /= np.linalg.norm(direction)
+                pts.append(pts[-1] + 7.0 * direction)
+            pts = np.array([q for q in pts if inside_ok(q)] or [start])
+            out.append({"kind": kind, "path": pts, "width_mm": float(rng.uniform(0.6, 1.1)),
+                        "amp": float(rng.uniform(0.12, 0.22))})
+        elif kind == "lymph node":
+            # Axillary tail: just in front of the pectoral edge, high in the MLO.
+            out.append({"kind": kind, "a_mm": float(rng.uniform(8, 30)),
+                        "b_mm": float(rng.uniform(0.15, 0.4) * sp_shape),
+                        "radius_mm": float(rng.uniform(3.0, 5.5)),
+                        "amp": float(rng.uniform(0.25, 0.45))})
+        else:
+            parts = [(rng.normal(0, 3), rng.normal(0, 3), rng.uniform(2.5, 5.0))
+                     for _ in range(int(rng.integers(3, 6)))]
+            out.append({"kind": kind, "center": p, "view": "cc" if rng.random() < 0.5 else "mlo",
+                        "parts": parts, "amp": float(rng.uniform(0.07, 0.14))})
+    return out
 
 
 def phantom(
@@ -238,11 +412,15 @@ def phantom(
     noise: float = 0.02,
     shape: tuple[int, int] = (512, 416),
     mlo_angle: float | None = None,
-    laterality: str | None = None,
+    laterality: Literal["L", "R"] | None = None,
     calcification_fraction: float = 0.3,
     mass_radius_mm: tuple[float, float] = (4.0, 11.0),
     contrast: float = 1.0,
     jitter_mm: float = 3.0,
+    margins: tuple[str, ...] = MARGINS,
+    lookalikes: int | None = None,
+    one_view_fraction: float = 0.1,
+    compression: tuple[float, float] = (0.45, 0.7),
 ) -> Case:
     """Generate one breast in CC and MLO with lesions at known 3D positions.
 
@@ -260,7 +438,8 @@ def phantom(
         (rows, columns) of each view; the field of view is 260 mm high, so the pixel spacing
         is ``260 / rows`` mm.
     mlo_angle
-        MLO compression angle in degrees (30-60); random in that range when None.
+        MLO compression angle in degrees (30-60); random in that range when None. The pectoral
+        line's tilt from the vertical follows it (about 0.4 x the angle).
     laterality
         ``"L"`` or ``"R"``; random when None.
     calcification_fraction
@@ -271,14 +450,26 @@ def phantom(
         Scale of lesion attenuation over tissue (lower is harder).
     jitter_mm
         Per-view elastic displacement of lesions (limits geometric consistency).
+    margins
+        Mass margins to draw from (see :data:`MARGINS`).
+    lookalikes
+        Number of look-alike structures (dense islands, vessels, axillary lymph nodes,
+        overlapping tissue); 3-7 drawn from the seed when None, 0 for none.
+    one_view_fraction
+        Probability that a lesion is hidden in one of the two views.
+    compression
+        Range of the per-view compression factor (drawn independently for CC and MLO).
 
     Returns
     -------
     Case
         ``case.cc``, ``case.mlo`` (chest wall on the left), ``case.nipple`` and
-        ``case.lesions``: one row per lesion with ``lesion_id, kind, x_mm, y_mm, z_mm,
+        ``case.lesions``: one row per lesion with ``lesion_id, kind, margin, x_mm, y_mm, z_mm,
         radius_mm, cc_row, cc_col, cc_radius_px, mlo_row, mlo_col, mlo_radius_px, in_cc,
-        in_mlo`` (the ground-truth correspondences).
+        in_mlo`` (the ground-truth correspondences). ``case.meta["chest_line"]`` holds two
+        (row, col) points per view of the true chest-wall line (the pectoral edge in MLO),
+        ``case.meta["pectoral_angle"]`` its tilt from the vertical (degrees) and
+        ``case.meta["distractors"]`` the look-alikes.
 
     Examples
     --------
@@ -292,13 +483,16 @@ def phantom(
         raise InputError("n_lesions must be >= 0")
     if mlo_angle is not None and not 30.0 <= float(mlo_angle) <= 60.0:
         raise InputError(f"mlo_angle must be between 30 and 60 degrees, got {mlo_angle}")
+    bad = [m for m in margins if m not in MARGINS]
+    if bad or not margins:
+        raise InputError(f"margins must be a non-empty subset of {MARGINS}, got {margins}")
     dens = _density_fraction(density)
     rng = np.random.default_rng(seed)
     H, W = int(shape[0]), int(shape[1])
     sp = _FOV_ROWS_MM / H
     if laterality is None:
         laterality = "L" if rng.random() < 0.5 else "R"
-    laterality = laterality.upper()
+    laterality = laterality.upper()  # type: ignore[assignment]
     if laterality not in ("L", "R"):
         raise InputError(f"laterality must be 'L' or 'R', got {laterality!r}")
     theta = float(mlo_angle) if mlo_angle is not None else float(rng.uniform(30, 60))
@@ -308,15 +502,29 @@ def phantom(
         "ry": float(rng.uniform(72, 88)),
         "rz": float(rng.uniform(66, 82)),
         "thickness": float(rng.uniform(42, 62)),
-        "pect_w": float(rng.uniform(30, 50)),
-        "pect_h": float(rng.uniform(100, 150)),
     }
+    psi = float(np.clip(0.4 * theta + rng.uniform(-3, 3), 10, 28))
+    c_cc, c_mlo = rng.uniform(*compression), rng.uniform(*compression)
+    mlo_row0 = _FOV_ROWS_MM * 0.5
     views = {
-        "cc": _View(0.0, rng.uniform(0.5, 0.65), sp, _FOV_ROWS_MM / 2, rng),
-        "mlo": _View(theta, rng.uniform(0.5, 0.65), sp, _FOV_ROWS_MM * 0.56, rng),
+        "cc": _View(0.0, c_cc, sp, _FOV_ROWS_MM / 2, rng),
+        "mlo": _View(theta, c_mlo, sp, mlo_row0, rng, psi_deg=psi,
+                     pivot_mm=min(_FOV_ROWS_MM * 0.97, mlo_row0 + 0.85 * 80.0 * c_mlo**-0.4)),
     }
     frac, fshape = _gland_field(rng, geo["depth"], geo["ry"], geo["rz"], dens)
-    # Lesion placement: inside the breast, away from skin and chest wall, out of the pectoral.
+
+    def inside_ok(q):
+        return q[0] > 0 and (q[0] / geo["depth"]) ** 2 + (q[1] / geo["ry"]) ** 2 + (
+            q[2] / geo["rz"]) ** 2 < 0.8
+
+    def in_frame(q):
+        for v in views.values():
+            r, c = v.to_pixels(q)
+            if not (0.04 * H < r[0] < 0.96 * H and 0 < c[0] < W):
+                return False
+        return True
+
+    # Lesion placement: inside the breast, away from skin and chest wall, in both frames.
     lesions3d = []
     tries = 0
     while len(lesions3d) < n_lesions and tries < 2000:
@@ -326,36 +534,31 @@ def phantom(
         if np.sum(u**2) > 0.62 or u[0] < 0.15:
             continue
         p = np.array([u[0] * geo["depth"], u[1] * geo["ry"], u[2] * geo["rz"]])
-        r_m, c_m = views["mlo"].to_pixels(p)
-        if c_m[0] / (geo["pect_w"] / sp) + r_m[0] / (geo["pect_h"] / sp) < 1.25:
+        if not in_frame(p):
             continue
         if any(np.linalg.norm(p - q["center"]) < 25 for q in lesions3d):
             continue
-        kind = "calcification" if rng.random() < calcification_fraction else "mass"
-        les = {"center": p, "kind": kind}
-        if kind == "mass":
-            r = rng.uniform(*mass_radius_mm)
-            axes = r * rng.uniform(0.75, 1.25, 3)
-            Q, _ = np.linalg.qr(rng.standard_normal((3, 3)))
-            les["A"] = Q @ np.diag(1 / axes**2) @ Q.T
-            les["radius_mm"] = float(r)
-            les["harmonics"] = [
-                (k, rng.uniform(0, 0.12), rng.uniform(0, 2 * np.pi)) for k in (2, 3, 5)
-            ]
-            les["blur_mm"] = float(rng.uniform(0.4, 1.5))
-            les["dmu"] = float(rng.uniform(1.0, 1.6))
-        else:
+        if rng.random() < calcification_fraction:
             nc = int(rng.integers(6, 16))
             spread = rng.uniform(1.5, 3.5)
-            les["calcs"] = p + rng.normal(0, spread, size=(nc, 3))
-            les["amps"] = rng.uniform(0.12, 0.3, nc)
-            les["radius_mm"] = float(2 * spread)
+            les = {"center": p, "kind": "calcification", "margin": "",
+                   "calcs": p + rng.normal(0, spread, size=(nc, 3)),
+                   "amps": rng.uniform(0.12, 0.3, nc), "radius_mm": float(2 * spread)}
+        else:
+            les = _draw_mass(rng, p, mass_radius_mm, margins)
+        hide = rng.random() < one_view_fraction
+        les["hidden_in"] = ("cc" if rng.random() < 0.5 else "mlo") if hide else None
         lesions3d.append(les)
+    n_look = int(rng.integers(3, 8)) if lookalikes is None else int(lookalikes)
+    distractors = _draw_distractors(rng, n_look, geo, inside_ok, views["mlo"].bp)
+    # Look-alikes keep clear of the lesions (they are not lesions).
+    distractors = [d for d in distractors if "center" not in d
+                   or all(np.linalg.norm(d["center"] - q["center"]) > 15 for q in lesions3d)]
     images, recs, nipples, masks = {}, {}, {}, {}
     for name, view in views.items():
         img, rec, nip, mask = _render_view(
-            rng, view, (H, W), geo, frac, fshape, lesions3d, noise=noise, contrast=contrast,
-            is_mlo=name == "mlo", jitter_mm=jitter_mm,
+            rng, view, (H, W), geo, frac, fshape, lesions3d, distractors, noise=noise,
+            contrast=contrast, is_mlo=name == "mlo", jitter_mm=jitter_mm, name=name,
         )
         images[name], recs[name], nipples[name], masks[name] = img, rec, nip, mask
     rows = []
@@ -363,24 +566,28 @@ def phantom(
         row = {
             "lesion_id": i,
             "kind": les["kind"],
+            "margin": les["margin"],
             "x_mm": les["center"][0],
             "y_mm": les["center"][1],
             "z_mm": les["center"][2],
             "radius_mm": les["radius_mm"],
         }
         for name in ("cc", "mlo"):
-            rr, cc_, rad = recs[name][i]
+            rr, cc_, rad, visible = recs[name][i]
             row[f"{name}_row"], row[f"{name}_col"], row[f"{name}_radius_px"] = rr, cc_, rad
             inside = 0 <= rr < H and 0 <= cc_ < W and bool(masks[name][int(rr), int(cc_)])
-            row[f"in_{name}"] = inside
+            row[f"in_{name}"] = bool(inside and visible)
         rows.append(row)
-    cols = ["lesion_id", "kind", "x_mm", "y_mm", "z_mm", "radius_mm", "cc_row", "cc_col",
-            "cc_radius_px", "mlo_row", "mlo_col", "mlo_radius_px", "in_cc", "in_mlo"]
+    cols = ["lesion_id", "kind", "margin", "x_mm", "y_mm", "z_mm", "radius_mm", "cc_row",
+            "cc_col", "cc_radius_px", "mlo_row", "mlo_col", "mlo_radius_px", "in_cc", "in_mlo"]
     lesions = pd.DataFrame(rows, columns=cols)
     meta = {
         "seed": seed, "density": dens, "noise": noise, "mlo_angle": theta,
-        "contrast": contrast, "jitter_mm": jitter_mm, **geo,
+        "pectoral_angle": psi, "contrast": contrast, "jitter_mm": jitter_mm, **geo,
         "compression": {k: v.c for k, v in views.items()},
+        "chest_line": {k: v.chest_line((H, W)).tolist() for k, v in views.items()},
+        "distractors": [d["kind"] + ("" if d.get("view") is None else f" ({d['view']})")
+                        for d in distractors],
     }
     mk = {}
     for name, vname in (("cc", "CC"), ("mlo", "MLO")):
@@ -396,7 +603,6 @@ def phantom(
         nipple={k: (float(v[0]), float(v[1])) for k, v in nipples.items()},
         case_id=f"phantom-{seed}", meta=meta,
     )
-
 
 _COMPRESS = {
     None: None,
@@ -415,6 +621,7 @@ def write_dicom(
     compress: str | None = None,
     bits_stored: int = 12,
     patient_id: str | None = None,
+    orientation: Orientation = "standard",
 ) -> list[Path]:
     """Write a case as two Digital Mammography (For Presentation) DICOM files.
 
@@ -436,6 +643,10 @@ def write_dicom(
         Stored bits (10-16) in 16-bit storage.
     patient_id
         PatientID tag; defaults to the case id.
+    orientation
+        ``"standard"`` (correct PatientOrientation), ``"missing"`` (no PatientOrientation) or
+        ``"mislabelled"`` (the tag points the chest wall to the wrong side), so readers can be
+        tested on the fallback to the image itself.
 
     Returns
     -------
@@ -458,6 +669,10 @@ def write_dicom(
         raise InputError(f"photometric must be 'MONOCHROME1' or 'MONOCHROME2', got {photometric!r}")
     if compress not in _COMPRESS:
         raise InputError(f"compress must be one of {list(_COMPRESS)}, got {compress!r}")
+    if orientation not in ("standard", "missing", "mislabelled"):
+        raise InputError(
+            f"orientation must be 'standard', 'missing' or 'mislabelled', got {orientation!r}"
+        )
     if not 8 <= bits_stored <= 16:
         raise InputError(f"bits_stored must be between 8 and 16, got {bits_stored}")
     out = Path(folder)
@@ -505,10 +720,13 @@ def write_dicom(
             code.CodeValue, code.CodeMeaning = "399368009", "medio-lateral oblique"
         code.CodingSchemeDesignator = "SCT"
         ds.ViewCodeSequence = Sequence([code])
-        if view == "CC":
-            ds.PatientOrientation = ["A", "R"] if lat == "L" else ["P", "L"]
+        left_chest = (lat == "L") != (orientation == "mislabelled")
+        if orientation == "missing":
+            pass
+        elif view == "CC":
+            ds.PatientOrientation = ["A", "R"] if left_chest else ["P", "L"]
         else:
-            ds.PatientOrientation = ["A", "FR"] if lat == "L" else ["P", "FL"]
+            ds.PatientOrientation = ["A", "FR"] if left_chest else ["P", "FL"]
         sp = img.pixel_spacing or (0.1, 0.1)
         ds.PixelSpacing = [f"{sp[0]:.6f}", f"{sp[1]:.6f}"]
         ds.ImagerPixelSpacing = [f"{sp[0]:.6f}", f"{sp[1]:.6f}"]

@@ -1,17 +1,25 @@
-"""Plotly view of a case: CC and MLO side by side, candidates, matched pairs, probabilities."""
+"""Figures of the mammography domain: the two-view pair view (plotly) and the FROC curves of the
+detection pipeline (matplotlib). Both follow the toolkit's one display rule
+(:func:`biomed_toolkit.core.display.finish`)."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from biomed_toolkit.core.display import finish
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.mammo.io import Case
 from biomed_toolkit.mammo.matching import candidates_of
 
-__all__ = ["mammo_pair", "build_pair_figure", "display_image"]
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
+
+__all__ = ["mammo_pair", "mammo_froc", "build_pair_figure", "display_image"]
 
 GAP = 20  # pixels between the two views on the shared canvas
 
@@ -38,7 +46,7 @@ def build_pair_figure(
     max_side: int = 512,
     widget: bool = False,
     height: int = 520,
-) -> Any:
+) -> go.Figure:
     """The figure behind :func:`mammo_pair` (a ``FigureWidget`` when ``widget=True``)."""
     import plotly.graph_objects as go
 
@@ -62,6 +70,13 @@ def build_pair_figure(
                                                       zip(sub["lesion_id"], sub["kind"])],
                 hoverinfo="text",
             ))
+        both = les[les["in_cc"] & les["in_mlo"]]
+        xs, ys = [], []
+        for r in both.itertuples():
+            xs += [r.cc_col, r.mlo_col + off, None]
+            ys += [r.cc_row, r.mlo_row, None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name="true pairs", hoverinfo="skip",
+                                 line={"color": "limegreen", "width": 1.5, "dash": "dot"}))
     if matches is not None:
         cands = candidates_of(matches)
         best = {
@@ -118,9 +133,10 @@ def mammo_pair(
     threshold: float = 0.5,
     show_truth: bool = True,
     max_side: int = 512,
-    show: bool = True,
+    show: bool | None = None,
     return_fig: bool = False,
-) -> Any:
+    save: str | os.PathLike | None = None,
+) -> go.Figure | None:
     """Both views side by side: candidates as markers, matched pairs joined by lines.
 
     Parameters
@@ -132,11 +148,11 @@ def mammo_pair(
     threshold
         Draw the assigned pairs with probability at least this.
     show_truth
-        Circle the phantom's true lesions.
+        Circle the phantom's true lesions and join the true pairs (dotted green).
     max_side
         Images are block-averaged to at most this many pixels a side for display.
-    show, return_fig
-        Show the figure / return it (plotly ``Figure``).
+    show, return_fig, save
+        The toolkit's display rule (:func:`biomed_toolkit.core.display.finish`).
 
     Returns
     -------
@@ -151,8 +167,69 @@ def mammo_pair(
         raise InputError(f"mammo_pair needs a Case, got {type(case).__name__}")
     fig = build_pair_figure(case, matches, threshold=threshold, show_truth=show_truth,
                             max_side=max_side)
-    if show:
-        fig.show()
-    if return_fig:
-        return fig
-    return None
+    return finish(fig, show=show, return_fig=return_fig, save=save)
+
+
+def mammo_froc(
+    results: pd.DataFrame | Mapping[str, Mapping[str, Sequence[float]]],
+    *,
+    fp_rates: Sequence[float] = (0.25, 0.5, 1.0, 2.0),
+    max_fp: float = 4.0,
+    title: str | None = "Detection pipeline: FROC",
+    ax: Any = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+    save: str | os.PathLike | None = None,
+) -> Any:
+    """FROC curves: lesion sensitivity against false positives per image, detector alone and
+    after matching-based false-positive reduction.
+
+    Parameters
+    ----------
+    results
+        ``bt.mammo.evaluate(..., return_curves=True)`` (curves in ``attrs["froc"]``) or a dict
+        ``{label: {"fp_per_image": [...], "sensitivity": [...]}}``.
+    fp_rates
+        FP rates marked on the curves (the operating points the benchmark reports).
+    max_fp
+        Right end of the x axis.
+    title
+        Axis title.
+    ax, show, return_fig, save
+        The toolkit's display rule (:func:`biomed_toolkit.core.display.finish`).
+
+    Examples
+    --------
+    >>> df = bt.mammo.evaluate(cases, ["fused", "siamese"], return_curves=True)  # doctest: +SKIP
+    >>> bt.pl.mammo_froc(df)  # doctest: +SKIP
+    """
+    import matplotlib.pyplot as plt
+
+    curves = results.attrs.get("froc") if isinstance(results, pd.DataFrame) else results
+    if not curves:
+        raise InputError("no FROC curves: pass bt.mammo.evaluate(..., return_curves=True) or a "
+                         "dict {label: {'fp_per_image': [...], 'sensitivity': [...]}}")
+    fig = ax.figure if ax is not None else plt.figure(figsize=(5.5, 4.0))
+    axis = ax if ax is not None else fig.add_subplot(111)
+    for label, curve in curves.items():
+        fp = np.asarray(curve["fp_per_image"], float)
+        sens = np.asarray(curve["sensitivity"], float)
+        order = np.argsort(fp, kind="stable")
+        fp, sens = fp[order], np.maximum.accumulate(sens[order])
+        name = "detector alone" if label == "detector" else f"with matching ({label})"
+        line = axis.step(fp, sens, where="post", label=name,
+                         lw=2.2 if label == "detector" else 1.6,
+                         ls="--" if label == "detector" else "-")[0]
+        at = [float(sens[fp <= f + 1e-12].max()) if (fp <= f + 1e-12).any() else 0.0
+              for f in fp_rates]
+        axis.plot(fp_rates, at, "o", color=line.get_color(), ms=4)
+    axis.set_xscale("log")
+    axis.set_xlim(min(fp_rates) / 2, max_fp)
+    axis.set_ylim(0, 1.02)
+    axis.set_xlabel("false positives per image")
+    axis.set_ylabel("lesion sensitivity")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(loc="lower right", fontsize=8)
+    if title:
+        axis.set_title(title)
+    return finish(fig, show=show, return_fig=return_fig, ax=ax, save=save)

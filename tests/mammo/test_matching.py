@@ -20,8 +20,11 @@ from biomed_toolkit.mammo.phantom import phantom
 
 @pytest.fixture(scope="module")
 def easy_cases():
-    # Fatty breasts, clear masses: the detector and matchers must do well here.
-    return [phantom(s, n_lesions=3, density="a", calcification_fraction=0.0, shape=(384, 312))
+    # Fatty breasts, clear masses: the detector and matchers must do well here. (The phantom's
+    # defaults now add look-alikes, ill-defined / spiculated margins and one-view lesions, #13;
+    # "clear masses" turns them off.)
+    return [phantom(s, n_lesions=3, density="a", calcification_fraction=0.0, shape=(384, 312),
+                    lookalikes=0, margins=("circumscribed",), one_view_fraction=0.0)
             for s in range(200, 205)]
 
 
