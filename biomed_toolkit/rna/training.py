@@ -448,16 +448,23 @@ class AnnotationModule(L.LightningModule):
                   {"params": groups["enc_nd"], "weight_decay": 0.0, "lr": self.lr},
                   {"params": head, "weight_decay": 0.0, "lr": self.head_lr}]
         opt = torch.optim.AdamW([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-8)
-        warm, total = max(1, self.warmup), max(2, self.steps)
+        return {"optimizer": opt, "lr_scheduler": {
+            "scheduler": warmup_cosine(opt, self.warmup, self.steps), "interval": "step"}}
 
-        def factor(s: int) -> float:
-            if s < warm:
-                return (s + 1) / warm
-            t = min(1.0, (s - warm) / max(1, total - warm))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, *,
+                  floor: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warm-up over ``warmup_steps``, then cosine decay to
+    ``floor`` times the peak learning rate at ``total_steps``."""
+    warm, total = max(1, int(warmup_steps)), max(2, int(total_steps))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        t = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # --------------------------------------------------------------------------------------------
