@@ -102,8 +102,9 @@ def celltypist_style(x_tr, y_tr, x_te, genes, seed):
         prob = pred.probability_matrix
         classes = np.asarray(prob.columns, dtype=str)
         # celltypist's probabilities are one-vs-rest sigmoids: normalise them for the ECE
-        p = prob.to_numpy()
-        return classes, p / p.sum(axis=1, keepdims=True)
+        p = np.nan_to_num(prob.to_numpy(dtype=np.float64))
+        total = p.sum(axis=1, keepdims=True)
+        return classes, np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / p.shape[1])
     except ImportError:
         from sklearn.linear_model import SGDClassifier
         from sklearn.preprocessing import StandardScaler
