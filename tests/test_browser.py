@@ -103,6 +103,14 @@ def _voila_page(notebook: Path, sync_api, voila: str) -> Iterator:
                 page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
                 page.on("pageerror", lambda e: console.append(f"pageerror: {e}"))
                 page.console_messages = console  # read by tests when something fails
+                frames: list[tuple[float, int]] = []  # (time, bytes) of kernel -> page messages
+
+                def _ws(ws) -> None:
+                    ws.on("framereceived", lambda payload: frames.append(
+                        (time.monotonic(), len(payload))))
+
+                page.on("websocket", _ws)
+                page.ws_frames = frames
                 # Voila runs the notebook before it sends the page: allow for the kernel start
                 page.goto(url, timeout=90_000)
                 yield page
@@ -140,10 +148,18 @@ def _slider_to_max(page) -> None:
 
 
 def _drawn_lines(page) -> int:
-    # the matched pairs are the only line traces; an empty trace draws no path data
+    """Drawn path segments of the matched-pairs trace (an empty trace draws none)."""
     return int(page.evaluate(
-        "() => [...document.querySelectorAll('.scatterlayer path.js-line')]"
+        "() => [...document.querySelectorAll('.scatterlayer .trace')]"
+        ".filter(t => t.__data__ && t.__data__[0] && t.__data__[0].trace"
+        " && (t.__data__[0].trace.name || '').startsWith('pairs'))"
+        ".flatMap(t => [...t.querySelectorAll('path.js-line')])"
         ".filter(p => (p.getAttribute('d') || '').length > 2).length"))
+
+
+def _applied(page) -> int:
+    """Update messages the plot view has drawn (``data-applied`` of the view)."""
+    return int(page.get_attribute(".bt-plot-view", "data-applied") or 0)
 
 
 @pytest.mark.slow
@@ -153,35 +169,73 @@ def test_lesion_matcher_updates_in_voila(tmp_path):
     notebook = _write_notebook(tmp_path, "lesion_matcher.ipynb", NOTEBOOK_CODE)
     with _voila_page(notebook, sync_api, voila) as page:
         case_select = page.locator("select").first
-        case_select.wait_for(timeout=60_000)
+        case_select.wait_for(timeout=120_000)
         options = case_select.locator("option").all_text_contents()
         assert len(options) == 2 and "phantom-12" in options[1], options
         # 0. the figure is drawn on first render, before any interaction
         page.wait_for_function(
             "() => [...document.querySelectorAll('.gtitle')].some(t => t.textContent.length > 0)",
-            timeout=30_000)
+            timeout=60_000)
         first_title = " ".join(_titles(page))
         assert "phantom-12" not in first_title, first_title
+        # the title stays clear of the (vertical) toolbar
+        title = page.locator(".gtitle").first.bounding_box()
+        bar = page.locator(".modebar").first.bounding_box()
+        assert bar is None or title["x"] + title["width"] < bar["x"] or title["y"] > bar["y"] + bar["height"]
 
         # 1. pick the second case in the dropdown: the figure is redrawn for it
         case_select.select_option(index=1)
         page.wait_for_function(
             "() => [...document.querySelectorAll('.gtitle')]"
-            ".some(t => t.textContent.includes('phantom-12'))", timeout=30_000)
+            ".some(t => t.textContent.includes('phantom-12'))", timeout=60_000)
         title = " ".join(_titles(page))
         assert "threshold 0.5" in title, title
         lines_before = _drawn_lines(page)
         page.screenshot(path=str(tmp_path / "lesion_matcher_case.png"))
 
-        # 2. move the threshold slider to its maximum with the keyboard: the title and
-        #    the drawn pairs follow (no pair reaches p >= 1)
-        _slider_to_max(page)
+        # 2. one threshold step with the keyboard: redrawn in < 0.5 s with < 100 kB sent
+        handle = page.locator(".noUi-handle").first
+        handle.focus()
+        timings = []
+        for _ in range(3):
+            before, n_frames = _applied(page), len(page.ws_frames)
+            start = time.monotonic()
+            handle.press("ArrowRight")
+            page.wait_for_function(f"() => +document.querySelector('.bt-plot-view')"
+                                   f".dataset.applied > {before}", timeout=30_000, polling=20)
+            elapsed = time.monotonic() - start
+            sent = sum(n for _, n in page.ws_frames[n_frames:])
+            timings.append((elapsed, sent))
+        print("threshold step (seconds, bytes):", timings, "load", os.getloadavg())
+        # the kernel's share is ~0.03 s (tests/mammo/test_views.py); the rest is the machine:
+        # on a machine far busier than its cores (other test runs) allow for the queueing
+        busy = os.getloadavg()[0] > 2 * (os.cpu_count() or 1)
+        assert min(t for t, _ in timings) < (1.5 if busy else 0.5), timings
+        assert max(b for _, b in timings) < 100_000, timings
+        (ARTIFACTS / "lesion_matcher_timings.txt").parent.mkdir(exist_ok=True)
+        (ARTIFACTS / "lesion_matcher_timings.txt").write_text(
+            "\n".join(f"{t:.3f} s {b} bytes" for t, b in timings) + "\n")
+
+        # 3. to the maximum: the title and the drawn pairs follow (no pair reaches p >= 1)
+        handle.press("End")
         page.wait_for_function(
             "() => [...document.querySelectorAll('.gtitle')]"
             ".some(t => t.textContent.includes('threshold 1)'))", timeout=30_000)
         assert page.locator(".widget-readout").first.text_content().strip() == "1.00"
         _save_screenshot(page, tmp_path, "lesion_matcher_voila.png")
         assert lines_before > 0 and _drawn_lines(page) == 0, (lines_before, _drawn_lines(page))
+
+        # 4. keyboard: n shows the next case (wraps around to the first)
+        page.mouse.move(*_centre(page))
+        page.keyboard.press("n")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.gtitle')]"
+            ".some(t => t.textContent.includes('phantom-11'))", timeout=60_000)
+
+
+def _centre(page) -> tuple[float, float]:
+    b = page.locator(".nsewdrag").first.bounding_box()
+    return b["x"] + b["width"] / 2, b["y"] + b["height"] / 2
 
 
 # 300 PBMCs with their precomputed UMAP; the known bulk labels stand in for predictions and

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from biomed_toolkit.core.errors import InputError
@@ -82,6 +84,80 @@ def test_lesion_matcher_driven_from_python(case_and_matches):
     assert w.matches.attrs["method"] == "template"
     with pytest.raises(InputError):
         w.select("cc", 999)
+
+
+def test_lesion_matcher_updates_send_only_the_overlay(case_and_matches):
+    from biomed_toolkit.mammo.widgets import LesionMatcher
+
+    case, _ = case_and_matches
+    other = phantom(1, n_lesions=2, shape=SHAPE)
+    w = LesionMatcher([case, other], method="geometric", threshold=0.3)
+    full = len(json.dumps(w.view.figure))  # the first paint: images and all
+    for t in (0.4, 0.6, 0.9):
+        w.slider.value = t
+        up = w.last_update
+        assert up["action"] == "threshold" and up["seconds"] < 0.5, up
+        assert up["bytes"] < 100_000 and up["bytes"] < full / 10, (up, full)
+        lines = next(tr for tr in w.figure.data if tr.name.startswith("pairs"))
+        assert lines.name == f"pairs (p >= {t:g})"
+        assert len([x for x in lines.x if x is None]) == len(w.pairs())
+        assert f"threshold {t:g}" in w.figure.layout.title.text
+    assert w.busy.value == ""  # the busy note is cleared after the update
+    # candidate ids on the image, distinct truth symbols, the toolbar out of the title's way
+    cc = next(tr for tr in w.figure.data if tr.name == "CC candidates")
+    assert list(cc.text) == [str(i) for i in w.matches.attrs["cc_candidates"]["cand_id"]]
+    symbols = {tr.name: tr.marker.symbol for tr in w.figure.data if tr.name.startswith("truth")}
+    assert len(set(symbols.values())) == len(symbols) == 2
+    assert w.figure.layout.modebar.orientation == "v" and w.view.config["scrollZoom"]
+    # window / level: only the two images' zmin / zmax are sent
+    w.window_slider.value = (0.2, 0.7)
+    assert w.last_update["bytes"] < 500
+    assert [tr.zmin for tr in w.figure.data if tr.type == "heatmap"] == [0.2, 0.2]
+    # case switches reuse the matches and candidates computed before
+    w.set_case(1)
+    cached = dict(w._cache)
+    w.set_case(0)
+    w.set_case(1)
+    assert w._cache.keys() == cached.keys() and all(w._cache[k] is cached[k] for k in cached)
+    assert set(w._candidates) == {0, 1}
+
+
+def test_lesion_matcher_manual_pairs_and_export(case_and_matches, tmp_path):
+    from biomed_toolkit.mammo.widgets import LesionMatcher
+
+    case, _ = case_and_matches
+    w = LesionMatcher(case, method="geometric", threshold=0.5)
+    m = w.matches
+    auto = w.pairs()
+    # a pair the matcher did not choose, picked by two clicks (as the page sends them)
+    free = m[~m["assigned"]].iloc[0]
+    cc_id, mlo_id = int(free["cc_id"]), int(free["mlo_id"])
+    w._on_event({"type": "click", "trace": "CC candidates", "cells": [cc_id]})
+    w._on_event({"type": "click", "trace": "MLO candidates", "cells": [mlo_id]})
+    assert w.picked == {"cc": cc_id, "mlo": mlo_id} and "Add pair" in w.info.value
+    w._on_event({"type": "key", "key": "a"})
+    shown = w.matches_dataframe()
+    row = shown[(shown["cc_id"] == cc_id) & (shown["mlo_id"] == mlo_id)]
+    assert len(row) == 1 and row["source"].iloc[0] == "manual"
+    assert shown["cc_id"].is_unique and shown["mlo_id"].is_unique
+    lines = next(tr for tr in w.figure.data if tr.name.startswith("pairs"))
+    assert len([x for x in lines.x if x is None]) == len(shown)
+    # remove it again with the key, then an automatic one with the button
+    w.select("cc", cc_id)
+    w._on_event({"type": "key", "key": "d"})
+    assert len(w.pairs()) == len(auto)
+    if len(auto):
+        w.select("cc", int(auto["cc_id"].iloc[0]))
+        w.remove_button.click()
+        assert len(w.pairs()) == len(auto) - 1
+        assert w.undo() and len(w.pairs()) == len(auto)
+    path = w.export_csv(tmp_path / "pairs.csv")
+    back = pd.read_csv(path)
+    assert back[["cc_id", "mlo_id"]].values.tolist() == w.pairs()[["cc_id", "mlo_id"]].values.tolist()
+    w.add_button.click()  # nothing picked after a clear: the message says what to do
+    w._on_event({"type": "clear"})
+    w.add_button.click()
+    assert "pick a CC and an MLO candidate" in w.message.value
 
 
 def test_napari_layers_with_viewer_model(case_and_matches):
