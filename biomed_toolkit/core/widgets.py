@@ -148,6 +148,15 @@ function render({ model, el }) {
     }
   }, 300);
   document.addEventListener("keydown", onKey, true);
+  // clicks on elements marked data-bt-action (table rows, sortable headers in an HTML widget)
+  const onClick = (e) => {
+    const root = scope();
+    const a = e.target && e.target.closest && e.target.closest("[data-bt-action]");
+    if (!root || !a || !root.contains(a)) return;
+    send({ type: "action", action: a.dataset.btAction, value: a.dataset.btValue,
+           shift: !!e.shiftKey, ctrl: !!(e.ctrlKey || e.metaKey) });
+  };
+  document.addEventListener("click", onClick, true);
   const shown = () => { el.dataset.handled = String(model.get("handled")); };
   model.on("change:handled", shown);
   shown();
@@ -155,6 +164,7 @@ function render({ model, el }) {
     clearInterval(timer);
     clearInterval(hook);
     document.removeEventListener("keydown", onKey, true);
+    document.removeEventListener("click", onClick, true);
   };
 }
 export default { render };
@@ -201,8 +211,10 @@ def event_bridge(
     handler
         Called with each message: ``{"type": "select", "cells": [...]}`` (lasso / box),
         ``{"type": "click", "cells": [i]}``, ``{"type": "clear"}``, ``{"type": "key", "key": "u"}``
-        or ``{"type": "submit", "name": ..., "value": ...}`` (Enter in a text box carrying the
-        class ``bt-submit-<name>``). ``cells`` are the ``customdata`` of the points.
+        ``{"type": "submit", "name": ..., "value": ...}`` (Enter in a text box carrying the
+        class ``bt-submit-<name>``) or ``{"type": "action", "action": ..., "value": ...,
+        "shift": bool, "ctrl": bool}`` (a click on an element with ``data-bt-action`` /
+        ``data-bt-value`` attributes, e.g. a table row in an ``HTML`` widget). ``cells`` are the ``customdata`` of the points.
     keys
         Key names (``KeyboardEvent.key``, with ``ctrl+`` / ``shift+`` prefixes) to capture while
         the mouse is over the widget or the focus is inside it (never while typing in a box).

@@ -48,6 +48,39 @@ def _tasks() -> dict[str, Any]:
     return out
 
 
+def model_tasks(model: Any) -> list[str] | None:
+    """Tasks a model records that it was trained for, or None when it records none.
+
+    Read from its config: ``normalization`` (one entry per regression task), the per-task
+    ``extra["prompt_kwargs"]`` and an explicit ``extra["tasks"]`` list; names are mapped to
+    the registry's (aliases such as ``esol`` -> ``solubility``).
+    """
+    from biomed_toolkit.mammal.tasks import TASKS
+
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    extra = getattr(config, "extra", None) or {}
+    names = list(getattr(config, "normalization", None) or {})
+    names += list(extra.get("prompt_kwargs", {}) or {})
+    listed = extra.get("tasks", [])
+    names += [listed] if isinstance(listed, str) else list(listed or [])
+    explorer = _tasks()
+    out: list[str] = []
+    for n in names:
+        spec = TASKS.get(str(n).lower())
+        name = next((k for k, s in explorer.items() if s is spec), None)
+        if name is not None and name not in out:
+            out.append(name)
+    return out or None
+
+
+def _all_task_names() -> set[str]:
+    from biomed_toolkit.mammal.tasks import TASKS
+
+    return set(TASKS)
+
+
 def _task_inputs(spec: Any) -> list[str]:
     return [str(c) for c in spec.inputs]
 
@@ -125,7 +158,28 @@ class DrugTargetExplorer:
         self._model_error: str | None = None
         self.batch_size = int(batch_size)
         self._tasks = _tasks()
+        if model is None:  # the embedded demo: load it now to know what it can do
+            try:
+                self.model  # noqa: B018
+            except Exception as err:  # shown in the preview; every task stays listed
+                self._model_error = str(err)
+        supported = model_tasks(self._model) if self._model is not None else None
+        #: tasks of the loaded model (None: the model does not say; every task is listed)
+        self.model_tasks = supported
+        if supported is not None:
+            every = self._tasks
+            self._tasks = {k: v for k, v in every.items() if k in supported}
+            try:
+                self._task_name(task)
+            except InputError:
+                if str(task).lower() in every or str(task).lower() in _all_task_names():
+                    raise InputError(
+                        f"the loaded model was not trained for task {task!r}; it can do "
+                        f"{', '.join(self._tasks)}") from None
+                raise
         task = self._task_name(task)
+        self.selected_rows: list[int] = []
+        self.filter_text = ""
         self._frame: Any = None  # a loaded DataFrame overrides the text fields
         self.results: Any = None
         self.selected_row: int | None = None
@@ -148,6 +202,15 @@ class DrugTargetExplorer:
         self.sort_dropdown = w.Dropdown(options=[], description="sort by")
         self.sort_ascending = w.Checkbox(value=False, description="ascending", indent=False)
         self.table = w.HTML()
+        self.truncation = w.HTML()
+        self.filter_box = w.Text(placeholder="SMARTS filter, e.g. c1ccccc1 or [OX2H]",
+                                 description="filter", continuous_update=False)
+        self.filter_box.observe(lambda ch: self._guarded(self.set_filter, ch["new"]), names="value")
+        self.export_button = w.Button(description="Export selection", icon="download",
+                                      tooltip="the selected rows (or all shown) to a CSV file")
+        self.export_button.on_click(lambda _b: self._guarded(self.export_selection, "selection.csv"))
+        self.message = w.HTML()
+        self.model_note = w.HTML(self._model_note())
         self.row_dropdown = w.Dropdown(options=[], description="row")
         self.view_2d = w.HTML()
         self.view_3d = w.HTML()
@@ -164,18 +227,64 @@ class DrugTargetExplorer:
         self.widget = w.VBox(
             [
                 w.HBox([self.task_dropdown, self.task_info]),
+                self.model_note,
                 self.fields_box,
                 w.HBox([self.upload, self.clear_button, self.data_info]),
                 w.HTML("<b>Prompt preview</b> (first row)"),
                 self.prompt_preview,
                 w.HBox([self.run_button, self.progress, self.status]),
-                w.HBox([self.sort_dropdown, self.sort_ascending]),
+                self.truncation,
+                w.HBox([self.sort_dropdown, self.sort_ascending, self.filter_box,
+                        self.export_button]),
+                self.message,
                 self.table,
                 self.row_dropdown,
                 w.HBox([self.view_2d, self.view_3d]),
+                w.HTML("<small style='color:#777'>click a row to view it (ctrl / shift-click: "
+                       "multi-select), a header to sort; keys: Enter runs, Escape clears the "
+                       "selection</small>"),
             ]
         )
+        from biomed_toolkit.core.widgets import event_bridge
+
+        self.bridge = event_bridge(self.widget, self._on_event, keys=("Escape", "ctrl+Enter"))
+        self.widget.children = (*self.widget.children, self.bridge)
         self._build_fields()
+
+    def _model_note(self) -> str:
+        if self.model_tasks is not None:
+            return (f"<small>tasks of the loaded model (from its config): "
+                    f"{html.escape(', '.join(self.model_tasks))}</small>")
+        return ("<small style='color:#8a6d3b'>the model does not record which tasks it was "
+                "trained for: every task is listed; a task it was not fine-tuned for gives "
+                "meaningless numbers</small>")
+
+    def _guarded(self, action: Any, *args: Any) -> None:
+        try:
+            action(*args)
+        except InputError as err:
+            self.message.value = self._error_html(str(err))
+        else:
+            if action != self.export_selection:
+                self.message.value = ""
+
+    def _on_event(self, msg: dict[str, Any]) -> None:
+        kind = msg.get("type")
+        if kind == "action" and msg.get("action") == "row":
+            row = int(msg.get("value", -1))
+            if msg.get("ctrl") or msg.get("shift"):
+                self._guarded(self.toggle_row, row)
+            else:
+                self._guarded(self.select_row, row)
+        elif kind == "action" and msg.get("action") == "sort":
+            col = str(msg.get("value"))
+            asc = not self.sort_ascending.value if col == self.sort_dropdown.value else False
+            self._guarded(self.sort_by, col, asc)
+        elif kind == "key" and msg.get("key") == "Escape":
+            self.selected_rows = []
+            self._render_table()
+        elif kind == "key" and msg.get("key") == "ctrl+Enter":
+            self._run_from_button()
 
     def _task_name(self, task: str) -> str:
         """Explorer name of ``task`` (case-insensitive; registry aliases such as esol accepted)."""
@@ -217,15 +326,16 @@ class DrugTargetExplorer:
     def model(self) -> Any:
         """The model; ``None`` at construction loads the embedded default here."""
         if self._model is None:
-            from biomed_toolkit.mammal.modeling import load
+            from biomed_toolkit.mammal import load
 
             self._model = load()
         return self._model
 
     def _on_task(self, change: dict[str, Any]) -> None:
         # Results of another task do not fit the new inputs and views.
-        self.results, self.selected_row = None, None
+        self.results, self.selected_row, self.selected_rows = None, None, []
         self.table.value = self.view_2d.value = self.view_3d.value = self.status.value = ""
+        self.truncation.value = ""
         self.progress.value, self.progress.bar_style = 0, ""
         self._muted = True
         try:
@@ -495,7 +605,12 @@ class DrugTargetExplorer:
             )
         res = res.reset_index(drop=True)
         res.insert(0, "row", range(n))
+        dropped = self._truncated_tokens(frame)
+        if dropped is not None:
+            res["truncated_tokens"] = dropped
         self.results = res
+        self.selected_rows = []
+        self._show_truncation()
         n_err = int(res["error"].notna().sum()) if "error" in res.columns else 0
         self.progress.bar_style = "success" if n_err == 0 else "warning"
         self.status.value = f"{n - n_err} rows predicted" + (
@@ -512,6 +627,111 @@ class DrugTargetExplorer:
         first_ok = res.index[res["error"].isna()] if "error" in res.columns else res.index
         self.select_row(int(res.loc[first_ok[0], "row"]) if len(first_ok) else 0)
         return self
+
+    _MAX_TRUNCATION_ROWS = 500
+
+    def _truncated_tokens(self, frame: Any) -> list[float] | None:
+        """Tokens cut by the model's MAX-LEN per row (None without a tokenizer)."""
+        from biomed_toolkit.mammal.tasks import build_prompts
+
+        tok = getattr(self._model, "tokenizer", None)
+        if tok is None or not hasattr(tok, "token_breakdown"):
+            return None
+        built, _ = build_prompts(self.task, frame.iloc[: self._MAX_TRUNCATION_ROWS],
+                                 **self._prompt_kwargs())
+        out: list[float] = []
+        for prompt in built:
+            if prompt is None:
+                out.append(float("nan"))
+                continue
+            tb = tok.token_breakdown(prompt)
+            out.append(float(tb["truncated"].sum()) if "truncated" in tb.columns else 0.0)
+        return out + [float("nan")] * (len(frame) - len(out))
+
+    def _show_truncation(self) -> None:
+        res = self.results
+        if res is None or "truncated_tokens" not in res.columns:
+            self.truncation.value = ""
+            return
+        cut = res["truncated_tokens"].fillna(0)
+        n_cut = int((cut > 0).sum())
+        if n_cut == 0:
+            self.truncation.value = ""
+            return
+        self.truncation.value = (
+            "<div class='bt-truncation' style='background:#fcf8e3;border:2px solid #d9a400;"
+            "color:#6b4e00;padding:6px;font-weight:bold'>&#9888; "
+            f"{n_cut} of {len(res)} rows were truncated: the model reads at most its MAX-LEN "
+            f"tokens, up to {int(cut.max())} tokens were dropped (column truncated_tokens). "
+            "Their predictions see only the start of the input.</div>"
+        )
+
+    # ------------------------------------------------------------------------- filter, selection
+    def set_filter(self, smarts: str) -> DrugTargetExplorer:
+        """Show only rows whose molecule matches the SMARTS pattern (empty: all rows)."""
+        smarts = (smarts or "").strip()
+        if smarts:
+            from rdkit import Chem
+
+            if Chem.MolFromSmarts(smarts) is None:
+                raise InputError(f"not a valid SMARTS pattern: {smarts!r}")
+            if not any(_is_smiles_field(c) for c in self.input_names):
+                raise InputError(f"task {self.task!r} has no molecule input to filter on")
+        self.filter_text = smarts
+        if self.filter_box.value != smarts:
+            self.filter_box.value = smarts
+        self._render_table()
+        return self
+
+    def shown_results(self) -> Any:
+        """The rows the table shows: sorted, and filtered by the SMARTS pattern."""
+        df = self.sorted_results()
+        if df is None or not self.filter_text:
+            return df
+        from rdkit import Chem
+
+        pattern = Chem.MolFromSmarts(self.filter_text)
+        col = next(c for c in self.input_names if _is_smiles_field(c))
+
+        def hit(smi: Any) -> bool:
+            mol = Chem.MolFromSmiles(str(smi)) if not _is_missing(smi) else None
+            return mol is not None and mol.HasSubstructMatch(pattern)
+
+        return df[[hit(v) for v in df[col]]]
+
+    def toggle_row(self, row: int) -> DrugTargetExplorer:
+        """Add row ``row`` to the multi-selection, or take it out (what ctrl-click does)."""
+        if self.results is None:
+            raise InputError("no results yet: run the explorer first")
+        if row not in set(self.results["row"]):
+            raise InputError(f"no row {row}; rows are 0..{len(self.results) - 1}")
+        if row in self.selected_rows:
+            self.selected_rows.remove(row)
+        else:
+            self.selected_rows.append(row)
+        self._render_table()
+        return self
+
+    def selection_frame(self) -> Any:
+        """The selected rows (multi-selection, else the viewed row), in table order."""
+        df = self.shown_results()
+        if df is None:
+            raise InputError("no results yet: run the explorer first")
+        rows = self.selected_rows or ([self.selected_row] if self.selected_row is not None else [])
+        return df[df["row"].isin(rows)].reset_index(drop=True) if rows else df.reset_index(drop=True)
+
+    def export_selection(self, path: Any = None) -> Any:
+        """The selected rows (or every shown row when none is selected) as a DataFrame; also
+        written to ``path`` (CSV) when given."""
+        df = self.selection_frame()
+        if path is not None:
+            from pathlib import Path
+
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(path, index=False)
+            self.message.value = (f"<small>wrote {len(df)} rows to "
+                                  f"{html.escape(str(path))}</small>")
+        return df
 
     @staticmethod
     def _default_sort_column(res: Any) -> str:
@@ -554,24 +774,44 @@ class DrugTargetExplorer:
             col, ascending=bool(self.sort_ascending.value), na_position="last", kind="stable"
         )
 
+    _MAX_THUMBNAILS = 60
+
+    def _thumbnail(self, smiles: Any) -> str:
+        from biomed_toolkit.mammal import plotting
+
+        if _is_missing(smiles):
+            return ""
+        try:
+            return plotting.molecules([str(smiles)], size=(90, 60)).to_html()
+        except Exception:  # a thumbnail must never break the table
+            return ""
+
     def _render_table(self) -> None:
-        df = self.sorted_results()
+        df = self.shown_results()
         if df is None:
             self.table.value = ""
             return
         cols = list(df.columns)
         sort_col = self.sort_dropdown.value
         arrow = " &#9650;" if self.sort_ascending.value else " &#9660;"
-        head = "".join(
-            f"<th style='text-align:left;padding:2px 6px'>{html.escape(str(c))}{arrow if c == sort_col else ''}</th>"
+        smiles_col = next((c for c in self.input_names if _is_smiles_field(c)), None)
+        head = ("<th></th>" if smiles_col else "") + "".join(
+            f"<th data-bt-action='sort' data-bt-value='{html.escape(str(c), quote=True)}' "
+            "title='click to sort' style='text-align:left;padding:2px 6px;cursor:pointer'>"
+            f"{html.escape(str(c))}{arrow if c == sort_col else ''}</th>"
             for c in cols
         )
         body = []
-        for _, r in df.head(_MAX_TABLE_ROWS).iterrows():
+        for k, (_, r) in enumerate(df.head(_MAX_TABLE_ROWS).iterrows()):
             bad = "error" in df.columns and not _is_missing(r["error"])
-            sel = self.selected_row is not None and int(r["row"]) == self.selected_row
+            sel = (self.selected_row is not None and int(r["row"]) == self.selected_row
+                   ) or int(r["row"]) in self.selected_rows
             style = "background:#fdecec" if bad else ("background:#e8f0fe" if sel else "")
+            style += ";cursor:pointer"
             cells = []
+            if smiles_col:
+                thumb = self._thumbnail(r[smiles_col]) if k < self._MAX_THUMBNAILS else ""
+                cells.append(f"<td class='bt-thumb' style='padding:0'>{thumb}</td>")
             for c in cols:
                 v = r[c]
                 text = _fmt(v)
@@ -582,10 +822,17 @@ class DrugTargetExplorer:
                     f"font-family:monospace;font-size:12px'>{html.escape(shown)}</td>"
                 )
             body.append(
-                f"<tr class='bt-row{' bt-error' if bad else ''}' style='{style}'>{''.join(cells)}</tr>"
+                f"<tr class='bt-row{' bt-error' if bad else ''}{' bt-selected' if sel else ''}' "
+                f"data-bt-action='row' data-bt-value='{int(r['row'])}' style='{style}'>"
+                f"{''.join(cells)}</tr>"
             )
         more = len(df) - _MAX_TABLE_ROWS
         note = f"<div><i>{more} more rows not shown (see .results)</i></div>" if more > 0 else ""
+        if self.filter_text:
+            note += (f"<div><i>{len(df)} of {len(self.results)} rows match "
+                     f"{html.escape(self.filter_text)}</i></div>")
+        if self.selected_rows:
+            note += f"<div><i>{len(self.selected_rows)} rows selected</i></div>"
         self.table.value = (
             "<div style='max-height:360px;overflow:auto'><table class='bt-results' "
             "style='border-collapse:collapse'>"

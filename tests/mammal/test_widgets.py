@@ -215,6 +215,66 @@ def test_button_reports_errors_in_the_status_instead_of_raising(explorer):
         explorer.run()
 
 
+def test_explorer_lists_only_the_tasks_the_model_records():
+    from biomed_toolkit.mammal.widgets import model_tasks
+
+    demo = SimpleNamespace(tokenizer=None, config=SimpleNamespace(
+        normalization={"dti": {"mean": 0, "std": 1}, "esol": {}},
+        extra={"prompt_kwargs": {"dti": {}}}))
+    assert model_tasks(demo) == ["dti", "solubility"]
+    ex = DrugTargetExplorer(demo, task="dti")
+    assert list(ex.task_dropdown.options) == ["dti", "solubility"]
+    assert "tasks of the loaded model" in ex.model_note.value
+    with pytest.raises(InputError, match="not trained for task 'bbbp'; it can do dti, solubility"):
+        DrugTargetExplorer(demo, task="bbbp")
+    # a model that records nothing: every task, with a visible caveat
+    ex = DrugTargetExplorer(SimpleNamespace(tokenizer=None, config=None), task="bbbp")
+    assert "bbbp" in ex.task_dropdown.options and "does not record" in ex.model_note.value
+
+
+def test_clickable_rows_multiselect_sort_filter_and_export(explorer, tmp_path):
+    explorer.set_inputs(protein=TARGET, smiles=["CCO", ASPIRIN, "c1ccccc1O", "CCN", "C1CC"])
+    explorer.run()
+    # rows and headers carry the actions the page sends back on a click
+    assert explorer.table.value.count("data-bt-action='row'") == 5
+    assert "data-bt-action='sort' data-bt-value='smiles'" in explorer.table.value
+    assert explorer.table.value.count("class='bt-thumb'") == 5 and "<svg" in explorer.table.value
+    explorer._on_event({"type": "action", "action": "row", "value": "3"})
+    assert explorer.selected_row == 3 and "<title>CCN" in explorer.view_2d.value
+    explorer._on_event({"type": "action", "action": "row", "value": "1", "ctrl": True})
+    explorer._on_event({"type": "action", "action": "row", "value": "2", "shift": True})
+    assert explorer.selected_rows == [1, 2]
+    assert explorer.table.value.count("bt-selected") == 3  # viewed row 3 + the two picked
+    explorer._on_event({"type": "action", "action": "sort", "value": "smiles"})
+    assert explorer.sort_dropdown.value == "smiles" and not explorer.sort_ascending.value
+    explorer._on_event({"type": "action", "action": "sort", "value": "smiles"})
+    assert explorer.sort_ascending.value  # a second click flips the order
+    shown = [r[2] for r in _table_rows(explorer)]
+    assert shown == sorted(shown)
+    # export writes exactly the selected rows, in table order
+    out = explorer.export_selection(tmp_path / "sel.csv")
+    back = pd.read_csv(tmp_path / "sel.csv")
+    assert sorted(back["row"]) == [1, 2] and back["smiles"].tolist() == out["smiles"].tolist()
+    # a SMARTS filter keeps the aromatic rings only; a bad pattern is reported, not raised
+    explorer.filter_box.value = "c1ccccc1"
+    assert sorted(explorer.shown_results()["smiles"]) == sorted([ASPIRIN, "c1ccccc1O"])
+    assert "2 of 5 rows match" in explorer.table.value
+    explorer.filter_box.value = "[[["
+    assert "not a valid SMARTS" in explorer.message.value
+    explorer._on_event({"type": "key", "key": "Escape"})
+    assert explorer.selected_rows == []
+
+
+def test_truncation_is_shown_next_to_the_results(explorer):
+    long = TARGET * 40  # far beyond the tiny model's MAX-LEN
+    explorer.set_inputs(protein=[long, TARGET], smiles=["CCO", "CCN"])
+    explorer.run()
+    res = explorer.results
+    assert res.loc[0, "truncated_tokens"] > 0 and res.loc[1, "truncated_tokens"] == 0
+    assert "1 of 2 rows were truncated" in explorer.truncation.value
+    assert "bt-truncation" in explorer.truncation.value
+
+
 def test_default_demo_model_end_to_end():
     """model=None loads the embedded demo; its prompt options reach the preview and the run."""
     from biomed_toolkit.core.errors import BiomedToolkitError
