@@ -94,7 +94,7 @@ def _voila_page(notebook: Path, sync_api, voila: str) -> Iterator:
         cwd=notebook.parent, stdout=log, stderr=subprocess.STDOUT, env=env,
     )
     try:
-        _wait_http(url, proc, timeout=30)
+        _wait_http(url, proc, timeout=120)  # a busy 2-core CI box starts voila slowly
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import sys
 import time
 from collections.abc import Iterator
 
@@ -12,10 +13,25 @@ _ROOT = "biomed_toolkit"
 _LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.DEBUG}
 
 
+class _OutputHandler(logging.StreamHandler):
+    """stderr in a terminal; stdout inside a Jupyter kernel, where log lines are then normal
+    cell output instead of pink stderr boxes. The stream is looked up at every line."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        from .display import in_notebook
+
+        return sys.stdout if in_notebook() else sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it: the lookup wins
+        pass
+
+
 def _configure_root() -> logging.Logger:
     root = logging.getLogger(_ROOT)
     if not root.handlers:
-        handler = logging.StreamHandler()
+        handler = _OutputHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         root.addHandler(handler)
         root.propagate = False

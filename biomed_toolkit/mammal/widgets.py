@@ -274,7 +274,8 @@ class DrugTargetExplorer:
             row = int(msg.get("value", -1))
             if msg.get("ctrl") or msg.get("shift"):
                 self._guarded(self.toggle_row, row)
-            else:
+            else:  # a plain click views one row and ends a multi-selection
+                self.selected_rows = []
                 self._guarded(self.select_row, row)
         elif kind == "action" and msg.get("action") == "sort":
             col = str(msg.get("value"))

@@ -267,3 +267,20 @@ def test_selection_updates_send_only_the_highlight(adata):
     sent = ann.view.sent_bytes[n0:]
     # two small messages (dim the cells, ring the selection), not the 700 cells again
     assert len(sent) == 2 and sum(sent) < 5_000, sent
+
+
+def test_log_lines_are_normal_output_inside_a_kernel(adata, monkeypatch, capsys):
+    # the widgets log (e.g. "relabelled ... cells"); in a notebook that must be stdout, which
+    # Jupyter shows as normal output, not stderr (pink boxes); in a terminal it stays stderr
+    import biomed_toolkit.core.display as display
+
+    ann = CellAnnotator(adata, label_key="pred")
+    ann.select([0, 1])
+    monkeypatch.setattr(display, "in_notebook", lambda: False)
+    ann.relabel("a")
+    out = capsys.readouterr()
+    assert "relabelled 2 cells as 'a'" in out.err and "relabelled" not in out.out
+    monkeypatch.setattr(display, "in_notebook", lambda: True)
+    ann.relabel("b")
+    out = capsys.readouterr()
+    assert "relabelled 2 cells as 'b'" in out.out and "relabelled" not in out.err
