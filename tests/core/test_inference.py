@@ -86,7 +86,8 @@ SCRIPT = """
                                devices=int(sys.argv[1]), progress=False)["pid"]
     rank = int(os.environ.get("LOCAL_RANK", 0))
     np.savez(f"rank{rank}.npz", **out)
-    print(json.dumps({"rank": rank, "n_pids": len(set(pids.tolist()))}))
+    if rank == 0:  # both ranks share stdout: one JSON line
+        print(json.dumps({"rank": rank, "n_pids": len(set(pids.tolist()))}))
 """
 
 
