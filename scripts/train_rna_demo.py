@@ -130,17 +130,11 @@ class CosineModule(RnaPretrainingModule):
         self.total_steps = int(total_steps)
 
     def configure_optimizers(self):
+        from biomed_toolkit.rna.training import warmup_cosine
+
         out = super().configure_optimizers()
-        opt, warm, total = out["optimizer"], max(1, int(self.warmup)), self.total_steps
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            t = min(1.0, (step - warm) / max(1, total - warm))
-            return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * t))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = warmup_cosine(out["optimizer"], self.warmup, self.total_steps, floor=0.05)
+        return {"optimizer": out["optimizer"], "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 # ------------------------------------------------------------------------------- evaluation
