@@ -141,6 +141,6 @@ def test_finetune_calls_share_one_contract(name: str) -> None:
     for old in ("lr", "lora_r", "freeze_layers", "freeze_branch", "freeze_encoder"):
         assert old not in params, f"{name} still takes {old!r}"
     if name != "bt.mammo.finetune":  # a CNN: no attention / linear projections worth adapting
-        assert LORA <= set(params), name
+        assert set(params) >= LORA, name
     assert "{finetune_parameters}" not in (fn.__doc__ or "")
     assert "learning_rate" in (fn.__doc__ or "")
