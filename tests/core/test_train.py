@@ -381,7 +381,8 @@ def test_resumable_sampler_shards_and_resumes():
 # ------------------------------------------------------------------------------------------
 # CI: 300 examples per target (about 30 s in all). Nightly size:
 #   BT_FUZZ_EXAMPLES=10000 python -m pytest tests/core/test_train.py -k fuzz
-# (about 4 min per target on 2 busy cores; the resume-choice target runs a quarter of that).
+# (measured on 2 cores at load ~15: checkpoint bytes 746 s, safetensors bytes 178 s, resume
+# choice 2,500 examples 123 s; all pass).
 FUZZ_EXAMPLES = int(os.environ.get("BT_FUZZ_EXAMPLES", "300"))
 
 
