@@ -324,6 +324,11 @@ def test_cell_annotator_select_relabel_threshold_in_voila(tmp_path):
             "() => [...document.querySelectorAll('.legendtext')].some(t => t.textContent == 'reviewed')",
             timeout=30_000)
         assert any(f"{expected} set by hand" in t for t in _html_texts(page)), _html_texts(page)
+        # Escape (mouse over the plot) clears the selection: nothing dimmed for the pixel count
+        page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        page.keyboard.press("Escape")
+        page.wait_for_function("() => document.body.innerText.includes('No selection')",
+                               timeout=30_000)
 
         # 3. confidence slider to 1: every cell not set by hand reads Unassigned (grey)
         _slider_to_max(page)
