@@ -347,8 +347,8 @@ class AnnotationModule(L.LightningModule):
         loss with ``label_weights``.
     path_weight, path_bias
         Initial expression-path weights (G, C) and bias (C), or None for no path.
-    learning_rate, head_learning_rate, weight_decay
-        AdamW: encoder, head/path learning rates.
+    learning_rate, head_learning_rate, path_learning_rate, weight_decay
+        AdamW: encoder, pooler-head and expression-path learning rates (path 0: kept fixed).
     steps, warmup_steps
         Linear warm-up then cosine decay to 10% over ``steps`` optimizer steps.
     class_weights
@@ -357,7 +357,8 @@ class AnnotationModule(L.LightningModule):
 
     def __init__(self, model: Any, label: str, *, path_weight: np.ndarray | None = None,
                  path_bias: np.ndarray | None = None, learning_rate: float = 1e-4,
-                 head_learning_rate: float | None = None, weight_decay: float = 0.01,
+                 head_learning_rate: float | None = None, path_learning_rate: float = 0.0,
+                 weight_decay: float = 0.01,
                  steps: int = 1000, warmup_steps: int = 100, focal_gamma: float = 2.0,
                  class_weights: np.ndarray | None = None,
                  label_weights: dict[str, float] | None = None) -> None:
@@ -372,6 +373,12 @@ class AnnotationModule(L.LightningModule):
         self.register_buffer("class_weights", cw)
         self.lr = learning_rate
         self.head_lr = head_learning_rate if head_learning_rate is not None else learning_rate
+        # Adam moves every one of the path's thousands of gene weights by ~lr per step, so the
+        # logits move by ~lr x (genes expressed): the path stays at its probe start by default
+        self.path_lr = float(path_learning_rate)
+        for p in (self.path_weight, self.path_bias):
+            if p is not None and self.path_lr <= 0:
+                p.requires_grad_(False)
         self.wd = weight_decay
         self.steps, self.warmup = int(steps), int(warmup_steps)
         self.gamma = focal_gamma
@@ -443,10 +450,11 @@ class AnnotationModule(L.LightningModule):
                 groups["enc_nd"].append(p)
             else:
                 groups["enc"].append(p)
-        head = groups["head"] + [p for p in (self.path_weight, self.path_bias) if p is not None]
+        path = [p for p in (self.path_weight, self.path_bias) if p is not None and self.path_lr > 0]
         params = [{"params": groups["enc"], "weight_decay": self.wd, "lr": self.lr},
                   {"params": groups["enc_nd"], "weight_decay": 0.0, "lr": self.lr},
-                  {"params": head, "weight_decay": 0.0, "lr": self.head_lr}]
+                  {"params": groups["head"], "weight_decay": 0.0, "lr": self.head_lr},
+                  {"params": path, "weight_decay": 0.0, "lr": self.path_lr}]
         opt = torch.optim.AdamW([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-8)
         return {"optimizer": opt, "lr_scheduler": {
             "scheduler": warmup_cosine(opt, self.warmup, self.steps), "interval": "step"}}
@@ -473,8 +481,8 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
                pooled: np.ndarray | None, y: np.ndarray, n_classes: int, *, n_components: int = 50,
                seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Fit one logistic regression on [PCA of standardised path input, standardised pooler] of
-    the training cells and fold it into the head's weights and the expression path.
+    """Fit one logistic regression on [PCA of standardised path input, centred and scaled pooler]
+    of the training cells and fold it into the head's weights and the expression path.
 
     Returns the path's (weight (G, C), bias (C,)) or (None, None) without a path; the head's
     Linear layer is written in place. Classes absent from training get a bias of -10.
@@ -495,10 +503,16 @@ def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
         folds.append(("path", pca.components_ / sd[None, :], -(pca.components_ / sd[None, :]) @ mu
                       - pca.components_ @ pca.mean_))
     if pooled is not None:
-        mu_p, sd_p = pooled.mean(axis=0), pooled.std(axis=0)
-        sd_p = np.where(sd_p > 0, sd_p, 1.0)
+        # one scale for the whole block, not per dimension: a (near-)constant pooler dimension
+        # divided by its tiny spread would give the head huge weights that any change of the
+        # encoder (or dropout) turns into huge logits
+        # (a random encoder's pooler is near-constant: its spread is floored at a quarter of
+        # the features' size, so its weights stay bounded)
+        mu_p = pooled.mean(axis=0)
+        spread = float(np.sqrt(((pooled - mu_p) ** 2).mean()))
+        sd_p = max(spread, 0.25 * float(np.sqrt((pooled ** 2).mean())), 1e-3)
         blocks.append((pooled - mu_p) / sd_p)
-        folds.append(("head", np.diag(1.0 / sd_p), -mu_p / sd_p))
+        folds.append(("head", np.eye(pooled.shape[1]) / sd_p, -mu_p / sd_p))
     if not blocks or len(np.unique(y)) < 2:
         return None, None
     feats = np.hstack(blocks)
@@ -546,6 +560,7 @@ def finetune(
     min_steps: int = 300,
     learning_rate: float = 1e-4,
     head_learning_rate: float = 1e-3,
+    path_learning_rate: float = 0.0,
     batch_size: int = 32,
     lora: bool = False,
     lora_rank: int = 8,
@@ -601,8 +616,10 @@ def finetune(
     min_steps
         Floor of the default budget, and the fewest steps before early stopping may end a run.
     head_learning_rate
-        AdamW learning rate of the heads and the expression path (``learning_rate`` is the
-        encoder's).
+        AdamW learning rate of the label heads (``learning_rate`` is the encoder's).
+    path_learning_rate
+        AdamW learning rate of the expression path; 0 (default) keeps it at its logistic
+        regression start (Adam would move its thousands of gene weights by ~lr each per step).
     lora_targets
         Module names LoRA adapts (default: the attention projections).
     val_fraction
@@ -744,7 +761,8 @@ def finetune(
         def make_module(m: BmfmRnaModel) -> AnnotationModule:
             return AnnotationModule(
                 m, label_key, path_weight=pw, path_bias=pb, learning_rate=learning_rate,
-                head_learning_rate=head_learning_rate, steps=recipe.steps,
+                head_learning_rate=head_learning_rate, path_learning_rate=path_learning_rate,
+                steps=recipe.steps,
                 warmup_steps=recipe.warmup_steps,
                 class_weights=class_weights(codes[tr], len(classes)) if balance_classes else None,
                 label_weights={batch_key: batch_loss_weight} if batch_key else None)
