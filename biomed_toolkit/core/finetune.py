@@ -24,6 +24,7 @@ from .log import get_logger
 
 if TYPE_CHECKING:  # pragma: no cover
     import lightning as L
+    from torch import nn
 
     from .model import BaseModel
 
@@ -166,7 +167,7 @@ def finetune_model(
 finetune_doc(finetune_model)
 
 
-def freeze_layers(model: Any, patterns: str | Iterable[str], *, unfreeze_others: bool = False) -> int:
+def freeze_layers(model: nn.Module, patterns: str | Iterable[str], *, unfreeze_others: bool = False) -> int:
     """Freeze the parameters whose names match any glob or regex in ``patterns``.
 
     Returns the number of frozen parameter tensors; raises when nothing matched (a typo in a
@@ -203,14 +204,14 @@ def _valid(pattern: str) -> bool:
 
 
 def apply_lora(
-    model: Any,
+    model: nn.Module,
     target_modules: list[str] | str,
     *,
     r: int = 8,
     alpha: int = 16,
     dropout: float = 0.0,
     modules_to_save: list[str] | None = None,
-) -> Any:
+) -> nn.Module:
     """Wrap ``model`` with LoRA adapters (peft) on ``target_modules``; only adapters train.
 
     ``modules_to_save`` (e.g. a new classification head) stay fully trainable.

@@ -15,10 +15,13 @@ from __future__ import annotations
 import html
 import io
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.log import get_logger
+
+if TYPE_CHECKING:  # pragma: no cover
+    from biomed_toolkit.mammal.modeling import MammalModel
 
 log = get_logger(__name__)
 
@@ -48,7 +51,7 @@ def _tasks() -> dict[str, Any]:
     return out
 
 
-def model_tasks(model: Any) -> list[str] | None:
+def model_tasks(model: MammalModel) -> list[str] | None:
     """Tasks a model records that it was trained for, or None when it records none.
 
     Read from its config: ``normalization`` (one entry per regression task), the per-task
@@ -151,7 +154,7 @@ class DrugTargetExplorer:
     >>> ex.select_row(0)  # doctest: +SKIP
     """
 
-    def __init__(self, model: Any = None, *, task: str = "dti", batch_size: int = 16) -> None:
+    def __init__(self, model: MammalModel | None = None, *, task: str = "dti", batch_size: int = 16) -> None:
         import ipywidgets as w
 
         self._model = model

@@ -17,7 +17,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,9 @@ from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.widgets import busy, event_bridge, plot_view
 from biomed_toolkit.mammo.io import Case
 from biomed_toolkit.mammo.matching import METHODS, candidates_of, match, reassign
+
+if TYPE_CHECKING:  # pragma: no cover
+    from biomed_toolkit.mammo.modeling import SiameseMatcher
 
 __all__ = ["LesionMatcher"]
 
@@ -69,7 +72,7 @@ class LesionMatcher:
     >>> w.add_pair(0, 2); w.matches_dataframe()  # doctest: +SKIP
     """
 
-    def __init__(self, case_or_cases: Case | Sequence[Case], model: Any = None, *,
+    def __init__(self, case_or_cases: Case | Sequence[Case], model: SiameseMatcher | None = None, *,
                  method: str | None = None, threshold: float = 0.5) -> None:
         import ipywidgets as W
 

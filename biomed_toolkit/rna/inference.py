@@ -10,7 +10,7 @@ chunk size, batch size or row order.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from biomed_toolkit.core.log import get_logger, timed
 
 from .io import check_counts, get_matrix, iter_csr_chunks
 from .tokenize import GeneMatchReport, _CoverageAccumulator, encode_csr, match_genes
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .modeling import BmfmRnaModel
 
 __all__ = ["InferenceResult", "embed_cells", "predict_labels", "run_inference"]
 
@@ -60,7 +63,7 @@ class InferenceResult:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def _resolve_pooling(model: Any, pooling: str) -> str:
+def _resolve_pooling(model: BmfmRnaModel, pooling: str) -> str:
     if pooling == "auto":
         pooling = getattr(model, "pooling", None) or model.config.pooling
     if pooling in ("pooling_layer",):
@@ -90,7 +93,7 @@ def _plan_batches(lengths: np.ndarray, max_length: int, batch_size: int | str, n
 
 
 def run_inference(
-    model: Any,
+    model: BmfmRnaModel,
     adata: Any,
     *,
     embeddings: bool = True,
@@ -238,7 +241,7 @@ def run_inference(
 
 
 def embed_cells(
-    model: Any,
+    model: BmfmRnaModel,
     adata: Any,
     *,
     pooling: str = "auto",
@@ -287,7 +290,7 @@ def embed_cells(
 
 
 def predict_labels(
-    model: Any,
+    model: BmfmRnaModel,
     adata: Any,
     *,
     labels: Any = True,
