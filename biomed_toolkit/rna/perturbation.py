@@ -163,14 +163,15 @@ class PerturbationModel(nn.Module):
         return output + self.perturbation_embeddings(self._flags)
 
     def forward(self, expressions: Any, flags: Any) -> tuple[Any, Any]:
-        from .tokenize import special_value
+        from .tokenize import special_value, special_values
 
         b, p = expressions.shape
         dev = expressions.device
-        cls_val = special_value(3)
+        # each leading CLS token carries its own code (v2: -4, -6, ..., -9; v1: -4)
+        cls_vals = torch.as_tensor(special_values(self.gene_ids[:self.n_cls].tolist()), device=dev)
         sep_val = special_value(1)
         expr = torch.cat([
-            torch.full((b, self.n_cls), cls_val, device=dev),
+            cls_vals.expand(b, -1),
             expressions.float(),
             torch.full((b, 1), sep_val, device=dev),
         ], dim=1)
