@@ -61,7 +61,7 @@ def _column_ids(adata: AnnData, model: Any) -> np.ndarray:
     return report.column_token_ids
 
 
-def normalized_panel(adata: AnnData, genes: Sequence[str], model: Any,
+def normalized_panel(adata: AnnData, genes: Sequence[str], model: BmfmRnaModel,
                      *, layer: str | None = None) -> np.ndarray:
     """Log-normalised expression ``log1p(count / (sum + 1) * 1e4)`` of ``genes`` (dense, float32).
 
@@ -90,7 +90,7 @@ def _parse(perturbation: str | Sequence[str]) -> list[str]:
     return [str(g) for g in perturbation]
 
 
-def pseudobulk(adata: AnnData, genes: Sequence[str], model: Any, *, groupby: str | None = None,
+def pseudobulk(adata: AnnData, genes: Sequence[str], model: BmfmRnaModel, *, groupby: str | None = None,
                layer: str | None = None) -> pd.DataFrame:
     """Mean log-normalised expression of ``genes`` per group (one row per group, or ``"all"``)."""
     x = normalized_panel(adata, genes, model, layer=layer)
@@ -207,7 +207,7 @@ class PerturbationModel(nn.Module):
 class PerturbationModule(L.LightningModule):
     """Lightning wrapper: MSE on nonzero targets + is-zero BCE; logs train/val loss."""
 
-    def __init__(self, model: Any, lr: float = 1e-3, weight_decay: float = 0.01) -> None:
+    def __init__(self, model: PerturbationModel, lr: float = 1e-3, weight_decay: float = 0.01) -> None:
         super().__init__()
         self.model = model
         self.lr = lr
@@ -408,7 +408,7 @@ def load_perturbation_model(directory: str | Path, *, device: Any = "cpu") -> An
 def predict_perturbation(
     adata_control: AnnData,
     perturbations: Sequence[str | Sequence[str]] | Mapping[str, Sequence[str]],
-    model: Any,
+    model: PerturbationModel,
     *,
     n_cells: int | None = None,
     batch_size: int = 32,

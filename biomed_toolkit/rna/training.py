@@ -152,7 +152,7 @@ def expression_features(counts: Any, column_token_ids: np.ndarray,
     return x
 
 
-def save_label_extras(model: Any, folder: str | Path) -> None:
+def save_label_extras(model: BmfmRnaModel, folder: str | Path) -> None:
     """Write ``model.label_extras`` (expression paths, temperatures) to ``label_heads.safetensors``."""
     from safetensors.numpy import save_file
 
@@ -168,7 +168,7 @@ def save_label_extras(model: Any, folder: str | Path) -> None:
     save_file(tensors, str(Path(folder) / EXTRAS_NAME))
 
 
-def load_label_extras(model: Any, folder: str | Path) -> None:
+def load_label_extras(model: BmfmRnaModel, folder: str | Path) -> None:
     """Read ``label_heads.safetensors`` (when present) into ``model.label_extras``."""
     path = Path(folder) / EXTRAS_NAME
     model.label_extras = {}
@@ -183,7 +183,7 @@ def load_label_extras(model: Any, folder: str | Path) -> None:
             temperature=float(z[f"{name}.temperature"][0]))
 
 
-def calibrated_probabilities(model: Any, label: str, probabilities: np.ndarray, adata: Any,
+def calibrated_probabilities(model: BmfmRnaModel, label: str, probabilities: np.ndarray, adata: Any,
                              column_token_ids: np.ndarray, *, layer: str | None = None,
                              chunk_size: int = 4096) -> np.ndarray:
     """Head probabilities combined with the label's expression path and temperature.
@@ -355,7 +355,7 @@ class AnnotationModule(L.LightningModule):
         Per-class loss weights of ``label`` (None: unweighted).
     """
 
-    def __init__(self, model: Any, label: str, *, path_weight: np.ndarray | None = None,
+    def __init__(self, model: BmfmRnaModel, label: str, *, path_weight: np.ndarray | None = None,
                  path_bias: np.ndarray | None = None, learning_rate: float = 1e-4,
                  head_learning_rate: float | None = None, path_learning_rate: float = 0.0,
                  weight_decay: float = 0.01,
