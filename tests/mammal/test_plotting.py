@@ -409,3 +409,19 @@ def test_virtual_screen_result_feeds_the_plots(tiny_model):
     )
     assert fig.layout.meta["n"] == 4 and fig.layout.meta["n_missing"] == 1
     assert fig.layout.meta["n_above"] >= 1
+
+
+def test_molecule_3d_passes_a_format_3dmol_knows():
+    # 3Dmol.js reads molblocks as "sdf"; "mol" made it log "Unknown format: mol" on every view
+    html = mpl.molecule_3d("CCO").to_html()
+    formats = re.findall(r'"(\w+)"\);\s*viewer_\d+\.setStyle', html)
+    assert formats == ["sdf"]
+
+
+def test_protein_html_rows_never_wrap():
+    seq = "MKTAYIAKQRDEGPWSTNVL" * 6  # 120 residues -> 2 rows of 60
+    html = mpl.protein_html(seq)
+    rows = re.findall(r"<div style='white-space:nowrap'>(.*?)</div>", html)
+    assert len(rows) == 2
+    assert [row.count("title='residue") for row in rows] == [60, 60]
+    assert "overflow-x:auto" in html

@@ -207,7 +207,8 @@ def protein_html(sequence: str, *, wrap: int = 60, title: str | None = None) -> 
             for k, res in enumerate(sequence[start : start + wrap])
         )
         rows.append(
-            f"<div><span style='display:inline-block;width:3.5em;color:#888'>{start + 1}</span>{cells}</div>"
+            f"<div style='white-space:nowrap'><span style='display:inline-block;width:3.5em;"
+            f"color:#888'>{start + 1}</span>{cells}</div>"
         )
     head = f"<div style='font-weight:bold'>{html.escape(title)}</div>" if title else ""
     legend = " ".join(
@@ -215,6 +216,7 @@ def protein_html(sequence: str, *, wrap: int = 60, title: str | None = None) -> 
         for n, c in colors.items()
     )
     return (
-        f"<div class='bt-protein' style='font-family:monospace;font-size:12px;line-height:1.5'>{head}"
+        f"<div class='bt-protein' style='font-family:monospace;font-size:12px;line-height:1.5;"
+        f"overflow-x:auto'>{head}"
         f"{''.join(rows)}<div style='margin-top:4px;font-size:11px'>{legend}</div></div>"
     )

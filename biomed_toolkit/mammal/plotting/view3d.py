@@ -102,7 +102,7 @@ class Molecule3DView:
         import py3Dmol
 
         v = py3Dmol.view(width=self.width, height=self.height, js=_JS_SENTINEL)
-        v.addModel(self.molblock, "mol")
+        v.addModel(self.molblock, "sdf")  # 3Dmol reads a molblock as "sdf"; it knows no "mol"
         v.setStyle(_STYLES[self.style])
         v.zoomTo()
         return v
