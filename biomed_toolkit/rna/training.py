@@ -628,7 +628,8 @@ def finetune(
     max_length
         Tokens per cell.
     head_init
-        ``"linear_probe"`` (LP-FT start) or ``"random"`` (random head, zero expression path).
+        ``"linear_probe"`` (LP-FT start) or ``"random"`` (random head; the expression path then
+        starts at zero and is used only with ``path_learning_rate > 0``).
     expression_path
         Give the head the bag-of-genes linear path over the input expression.
     balance_classes
@@ -730,7 +731,8 @@ def finetune(
                 pooled = np.nan_to_num(res.embeddings.astype(np.float64))
             pw, pb = probe_init(new, label_key, None if features is None else features[tr],
                                 pooled, codes[tr], len(classes), seed=seed)
-        elif features is not None:
+        elif features is not None and path_learning_rate > 0:
+            # no probe start: the path starts at zero, so it only exists when it can train
             pw = np.zeros((len(gene_ids), len(classes)), dtype=np.float32)
             pb = np.zeros(len(classes), dtype=np.float32)
 

@@ -188,6 +188,7 @@ def test_finetune_learns_and_round_trips(counts, tmp_path):
     before = {k: v.clone() for k, v in base.state_dict().items()}
     # a random encoder has no features worth a linear-probe start: random head
     model = tasks.finetune(adata, "bulk_labels", base, max_epochs=10, learning_rate=3e-3,
+                           head_learning_rate=3e-3, balance_classes=False,  # plain focal loss
                            batch_size=16, val_fraction=0.3, max_length=256, head_init="random",
                            checkpoint_dir=tmp_path / "ckpt", enable_progress_bar=False)
     for k, v in base.state_dict().items():  # the input model is not changed
@@ -195,8 +196,9 @@ def test_finetune_learns_and_round_trips(counts, tmp_path):
     hist = model.history
     assert {"train_loss", "val_loss"} <= set(hist.columns)
     val_loss = hist["val_loss"].dropna().to_numpy()
-    # focal loss of a uniform 3-class guess is (2/3)^2 * ln 3 = 0.49
-    assert val_loss[-1] < 0.1 and val_loss[-1] < val_loss[0]
+    # focal loss of a uniform 3-class guess is (2/3)^2 * ln 3 = 0.49; the #12 recipe (warm-up +
+    # cosine to 10%, clipping) ends near 0.15 here, where the constant-rate loop reached < 0.1
+    assert val_loss[-1] < 0.25 and val_loss[-1] < val_loss[0]
     assert model.label_dict["bulk_labels"] == {c: i for i, c in enumerate(
         ["CD14+ Monocyte", "CD19+ B", "CD56+ NK"])}
     val = model.split["val"]
