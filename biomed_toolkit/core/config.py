@@ -152,6 +152,8 @@ def _rebuild(kind: type, value: Any, where: str) -> Any:
         return [_rebuild(kind, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if not isinstance(value, Mapping):
         raise CheckpointError(f"{where}: expected an object for {kind.__name__}, got {value!r}")
+    if issubclass(kind, BaseConfig):  # a whole nested configuration: its own checks apply
+        return kind.from_dict(value, source=where)
     try:
         return kind(**value)
     except TypeError as exc:

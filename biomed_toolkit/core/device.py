@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+#: What Lightning takes as ``devices=``: a count, ``"auto"`` / ``-1``, or a list of indices.
+Devices = int | str | list[int]
+
 
 def available_accelerator() -> str:
     """Name of the best accelerator present: ``"cuda"``, ``"mps"`` or ``"cpu"``."""

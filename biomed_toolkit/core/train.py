@@ -21,7 +21,7 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from .display import in_notebook  # in a notebook spawn-based DDP cannot pickle 
 from .errors import CheckpointError, InputError, TrainingError
 from .log import get_logger
 from .settings import settings
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .device import Devices
 
 log = get_logger(__name__)
 
@@ -60,7 +63,7 @@ class FitResult:
         return head + self.history.tail(10).to_html()
 
 
-def choose_strategy(strategy: str, devices: Any, num_nodes: int, accelerator: str) -> str:
+def choose_strategy(strategy: str, devices: Devices, num_nodes: int, accelerator: str) -> str:
     """``"auto"`` with several processes: ``ddp_notebook`` in a notebook (fork), else ``ddp``."""
     if strategy != "auto":
         if in_notebook() and (strategy == "ddp" or (strategy == "ddp_spawn" and accelerator != "cpu")):
@@ -73,7 +76,7 @@ def choose_strategy(strategy: str, devices: Any, num_nodes: int, accelerator: st
     return "ddp_notebook" if in_notebook() else "ddp"
 
 
-def launcher_layout(devices: Any, num_nodes: int) -> tuple[Any, int]:
+def launcher_layout(devices: Devices, num_nodes: int) -> tuple[Any, int]:
     """``(devices, num_nodes)`` of a cluster launcher (torchrun, SLURM ``srun``) when ``devices``
     is left at ``"auto"``/None; the arguments unchanged otherwise or without a launcher."""
     if devices not in (None, "auto"):
@@ -92,7 +95,7 @@ def launcher_layout(devices: Any, num_nodes: int) -> tuple[Any, int]:
     return devices, num_nodes
 
 
-def _n_devices(devices: Any, accelerator: str) -> int:
+def _n_devices(devices: Devices, accelerator: str) -> int:
     if devices in (None, "auto"):
         if accelerator == "cuda":
             import torch
@@ -596,7 +599,7 @@ def fit(
     *,
     max_epochs: int,
     accelerator: str = "auto",
-    devices: Any = "auto",
+    devices: Devices = "auto",
     num_nodes: int = 1,
     strategy: str = "auto",
     precision: str = "auto",

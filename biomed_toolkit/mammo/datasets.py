@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.mammo.io import Case
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 __all__ = ["phantom_cases", "dicom_test_file", "dicom_examples", "DICOM_TEST_FILES"]
 
@@ -57,7 +60,7 @@ def dicom_test_file(name: str) -> Path:
     return Path(path)
 
 
-def dicom_examples() -> Any:
+def dicom_examples() -> pd.DataFrame:
     """Table of the real DICOM test files: name, what it exercises, path (None if missing).
 
     Examples

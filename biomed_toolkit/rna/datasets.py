@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from biomed_toolkit.core.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from anndata import AnnData
 
 __all__ = [
     "LABELLED_DATASETS",
@@ -103,7 +106,7 @@ def _finish(out: Any, label_key: str | None) -> Any:
     return out
 
 
-def pbmc68k_counts() -> Any:
+def pbmc68k_counts() -> AnnData:
     """scanpy's ``pbmc68k_reduced`` with raw counts reconstructed (700 cells x 765 genes).
 
     ``adata.raw.X`` there holds ``log1p(count / n_counts * 1e4)``; counts are recovered as
@@ -149,7 +152,7 @@ def _package_file(package: str, relative: str) -> Path:
     return package_file(package, *relative.split("/"), needed_for=f"this dataset ({package})")
 
 
-def oligodendroglioma_counts() -> Any:
+def oligodendroglioma_counts() -> AnnData:
     """Oligodendroglioma cells of Tirosh et al. 2016 (184 cells x 9,450 genes, 6 cell types).
 
     The inferCNV example data set as shipped in the ``infercnvpy`` package
@@ -191,7 +194,7 @@ def _celltypist_sample_path() -> Path:
     return _package_file("celltypist", "data/samples/sample_cell_by_gene.csv")
 
 
-def celltypist_sample() -> Any:
+def celltypist_sample() -> AnnData:
     """celltypist's raw-count demo sample (559 cells x 32,786 genes, 10x gene symbols), unlabelled.
 
     Returns
@@ -216,7 +219,7 @@ def celltypist_sample() -> Any:
     return _finish(out, None)
 
 
-def labelled_dataset(name: str) -> Any:
+def labelled_dataset(name: str) -> AnnData:
     """Load one of :data:`LABELLED_DATASETS` by name (labels in ``obs["cell_type"]``).
 
     Examples

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from anndata import AnnData
 
+    from ..core.device import Devices
     from .modeling import BmfmRnaModel
 
 
@@ -225,7 +226,7 @@ def _distributed_inference(
     adata: AnnData,
     *,
     accelerator: str | None,
-    devices: Any,
+    devices: Devices,
     num_nodes: int,
     strategy: str,
     chunk_size: int,
@@ -320,7 +321,7 @@ def _shallow(report: Any) -> Any:
     return copy.copy(report)
 
 
-def _infer(model: Any, adata: AnnData, *, accelerator: Any, devices: Any, num_nodes: int,
+def _infer(model: Any, adata: AnnData, *, accelerator: Any, devices: Devices, num_nodes: int,
            strategy: str, **kwargs: Any) -> Any:
     from .inference import run_inference
 
@@ -355,7 +356,7 @@ def embed(
     layer: str | None = None,
     gene_symbols: str | None = None,
     accelerator: str | None = None,
-    devices: Any = None,
+    devices: Devices = None,
     num_nodes: int = 1,
     strategy: str = "auto",
     progress: bool = True,
@@ -474,7 +475,7 @@ def annotate(
     layer: str | None = None,
     gene_symbols: str | None = None,
     accelerator: str | None = None,
-    devices: Any = None,
+    devices: Devices = None,
     num_nodes: int = 1,
     strategy: str = "auto",
     seed: int = 0,

@@ -46,6 +46,7 @@ from ..core.log import get_logger, timed
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
 
+    from ..core.device import Devices
     from .modeling import BmfmRnaModel
 
 log = get_logger(__name__)
@@ -579,7 +580,7 @@ def finetune(
     layer: str | None = None,
     gene_symbols: str | None = None,
     accelerator: str = "auto",
-    devices: Any = "auto",
+    devices: Devices = "auto",
     num_nodes: int = 1,
     checkpoint_dir: str | Path | None = None,
     resume: bool = True,

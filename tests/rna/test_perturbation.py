@@ -85,10 +85,43 @@ def test_finetune_and_predict_perturbation(simulated, tmp_path):
     assert pred.loc["HLA-DRA", "LTB"] > 0.5 * control["LTB"].item()
     # save / load gives the same predictions
     pm.save_pretrained(tmp_path / "pm")
-    again = P.load_perturbation_model(tmp_path / "pm")
+    again = P.PerturbationModel.from_pretrained(tmp_path / "pm", device="cpu")
+    assert again.genes == pm.genes and again.card.family == "bmfm-rna"
+    assert again.config.to_dict() == pm.config.to_dict()
+    for key, value in pm.state_dict().items():
+        assert torch.equal(value, again.state_dict()[key]), key
     np.testing.assert_allclose(P.predict_perturbation(ctrl, ["LTB", "HLA-DRA"], again), pred,
                                atol=1e-5)
     with pytest.raises(InputError, match="not in the model's gene panel"):
         P.predict_perturbation(ctrl, ["NOT_A_GENE"], pm)
     with pytest.raises(InputError, match="no perturbation head"):
         P.predict_perturbation(ctrl, ["LTB"], base)
+
+
+def test_the_earlier_two_file_layout_still_loads(tmp_path):
+    """Folders saved before the one lifecycle: encoder folder + perturbation head files."""
+    import json
+
+    from biomed_toolkit.core.errors import CheckpointError
+    from biomed_toolkit.core.weights import save_safetensors
+    from biomed_toolkit.rna.perturbation.loading import HEAD_CONFIG, HEAD_FILE
+
+    base = fresh_model(["CD3E", "LYZ", "NKG7", "MS4A1"])
+    pm = P.PerturbationModel.from_base(base, ["LYZ", "CD3E"])
+    with torch.no_grad():
+        pm.head[-1].bias.fill_(0.25)
+    folder = tmp_path / "old"
+    base.save_pretrained(folder)
+    head = {k: v.contiguous() for k, v in pm.state_dict().items() if not k.startswith("base.")}
+    save_safetensors(head, folder / HEAD_FILE)
+    (folder / HEAD_CONFIG).write_text(json.dumps({"genes": pm.genes}))
+    again = P.PerturbationModel.from_pretrained(folder, device="cpu")
+    assert again.genes == ["LYZ", "CD3E"] and again.card is not None
+    x, f = torch.rand(3, 2), torch.tensor([[1, 0]] * 3)
+    torch.testing.assert_close(again.predict_expression(x, f), pm.eval().predict_expression(x, f))
+    # an encoder folder without a head is refused, naming both layouts
+    base.save_pretrained(tmp_path / "plain")
+    with pytest.raises(CheckpointError, match=HEAD_CONFIG):
+        P.PerturbationModel.from_pretrained(tmp_path / "plain", device="cpu")
+    with pytest.warns(FutureWarning):
+        P.load_perturbation_model(folder, device="cpu")
