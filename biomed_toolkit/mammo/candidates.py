@@ -6,6 +6,7 @@ with the detector's pixel count: a 2,000 x 1,600 view at 0.13 mm is reduced by b
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -21,7 +22,7 @@ from biomed_toolkit.mammo.geometry import (
     breast_geometry,
     breast_mask,
 )
-from biomed_toolkit.mammo.io import Case, MammoImage
+from biomed_toolkit.mammo.io import Case, MammoImage, check_finite_pixels
 
 if TYPE_CHECKING:
     from biomed_toolkit.mammo.modeling import SiameseMatcher
@@ -226,6 +227,9 @@ def detect_candidates(
     px, sp = _as_image(image)
     if view is None:
         view = image.view if isinstance(image, MammoImage) else None
+    check_finite_pixels(px, f"the {view or 'image'} view" if not isinstance(image, MammoImage)
+                        else f"view {image.name}")
+    _check_options(max_candidates, radii_mm, work_mm, min_score)
     if method is None:
         method = "learned" if model is not None else "log"
     if method not in ("learned", "log"):
@@ -269,6 +273,25 @@ def detect_candidates(
     df = _suppress(df, sp)
     df = df.sort_values("score", ascending=False).head(max_candidates)
     return _finish(df, sp, view)
+
+
+def _check_options(max_candidates: int, radii_mm: tuple[float, ...], work_mm: float,
+                   min_score: float) -> None:
+    """Range checks of :func:`detect_candidates`' numeric options, naming the option."""
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, numbers.Integral) or (
+            max_candidates < 1):
+        raise InputError(f"max_candidates must be an integer >= 1, got {max_candidates!r}")
+    if isinstance(radii_mm, str) or not isinstance(radii_mm, list | tuple) or not radii_mm or any(
+            isinstance(r, bool) or not isinstance(r, numbers.Real) or not 0 < r <= 100
+            or not np.isfinite(r) for r in radii_mm):
+        raise InputError(f"radii_mm must be a non-empty tuple of radii in (0, 100] mm, got "
+                         f"{radii_mm!r}")
+    if isinstance(work_mm, bool) or not isinstance(work_mm, numbers.Real) or not (
+            0 < work_mm <= 20):
+        raise InputError(f"work_mm must be a spacing in (0, 20] mm, got {work_mm!r}")
+    if isinstance(min_score, bool) or not isinstance(min_score, numbers.Real) or not np.isfinite(
+            min_score):
+        raise InputError(f"min_score must be a finite number, got {min_score!r}")
 
 
 def _finish(df: pd.DataFrame, sp: float, view: str | None) -> pd.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -46,20 +48,64 @@ class SiameseConfig(BaseConfig):
     fusion_features: tuple[str, ...] = FUSION_FEATURES
 
     def __post_init__(self) -> None:
-        self.channels = tuple(int(c) for c in self.channels)
-        self.detector_channels = tuple(int(c) for c in self.detector_channels)
-        self.fusion_features = tuple(str(f) for f in self.fusion_features)
-        for name in ("in_channels", "patch_size", "convs_per_stage", "embed_dim", "hidden",
-                     "detector_in"):
-            if int(getattr(self, name)) <= 0:
-                raise CheckpointError(f"SiameseConfig.{name} must be positive, got {getattr(self, name)}")
-        if self.patch_mm <= 0 or not 0 <= self.dropout < 1:
-            raise CheckpointError("SiameseConfig: patch_mm must be > 0 and dropout in [0, 1)")
-        if not self.channels or min(self.channels) <= 0:
-            raise CheckpointError(f"SiameseConfig.channels must be positive, got {self.channels}")
-        if not self.detector_channels or min(self.detector_channels) <= 0:
-            raise CheckpointError("SiameseConfig.detector_channels must be positive")
-        unknown = sorted(set(self.fusion_features) - set(FUSION_FEATURES))
+        # Checked here, at load time: a bad value would otherwise only fail later inside match.
+        for name, (lo, hi) in _INT_RANGES.items():
+            setattr(self, name, _check_int(name, getattr(self, name), lo, hi))
+        if self.in_channels not in (1, 2):
+            raise _bad("in_channels", self.in_channels, "1 (z-scored patch) or 2 (plus intensity)")
+        if self.detector_in != 3:
+            raise _bad("detector_in", self.detector_in, "3 (the detector input channels)")
+        self.patch_mm = _check_float("patch_mm", self.patch_mm, 1.0, 500.0)
+        self.dropout = _check_float("dropout", self.dropout, 0.0, 0.99)
+        self.channels = _check_ints("channels", self.channels)
+        self.detector_channels = _check_ints("detector_channels", self.detector_channels)
+        if self.patch_size < 2 ** len(self.channels):
+            raise _bad("patch_size", self.patch_size,
+                       f"at least 2**len(channels) = {2 ** len(self.channels)} (one 2x pooling "
+                       "per stage)")
+        if isinstance(self.fusion_features, str) or not isinstance(self.fusion_features,
+                                                                   list | tuple):
+            raise _bad("fusion_features", self.fusion_features, f"a list of names from "
+                       f"{list(FUSION_FEATURES)}")
+        self.fusion_features = tuple(self.fusion_features)
+        unknown = [f for f in self.fusion_features if f not in FUSION_FEATURES]
         if unknown or not self.fusion_features:
-            raise CheckpointError(f"SiameseConfig.fusion_features: unknown {unknown}; known "
-                                  f"{list(FUSION_FEATURES)}")
+            raise _bad("fusion_features", list(self.fusion_features),
+                       f"a non-empty list of names from {list(FUSION_FEATURES)} (unknown: {unknown})")
+
+
+#: Integer fields and their allowed ranges.
+_INT_RANGES = {
+    "in_channels": (1, 2),
+    "patch_size": (4, 512),
+    "convs_per_stage": (1, 16),
+    "embed_dim": (1, 4096),
+    "hidden": (1, 4096),
+    "detector_in": (1, 16),
+}
+
+
+def _bad(name: str, value: object, want: str) -> CheckpointError:
+    return CheckpointError(
+        f"SiameseConfig: key {name!r} is {value!r}; it must be {want}. Fix {name!r} in the "
+        "model's config.json (or the SiameseConfig argument)."
+    )
+
+
+def _check_int(name: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not lo <= value <= hi:
+        raise _bad(name, value, f"an integer in [{lo}, {hi}]")
+    return int(value)
+
+
+def _check_float(name: str, value: object, lo: float, hi: float) -> float:
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not ok or not math.isfinite(float(value)) or not lo <= float(value) <= hi:  # type: ignore[arg-type]
+        raise _bad(name, value, f"a number in [{lo:g}, {hi:g}]")
+    return float(value)  # type: ignore[arg-type]
+
+
+def _check_ints(name: str, value: object) -> tuple[int, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise _bad(name, value, "a non-empty list of positive integers")
+    return tuple(_check_int(f"{name}[{i}]", v, 1, 4096) for i, v in enumerate(value))

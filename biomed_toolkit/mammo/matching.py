@@ -15,6 +15,7 @@ calibrated.
 
 from __future__ import annotations
 
+import numbers
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -23,7 +24,7 @@ import pandas as pd
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.mammo.candidates import DetectorMethod, detect_candidates, extract_patches
 from biomed_toolkit.mammo.geometry import BreastGeometry, case_geometry
-from biomed_toolkit.mammo.io import Case, MammoImage
+from biomed_toolkit.mammo.io import Case, MammoImage, check_finite_pixels
 
 if TYPE_CHECKING:
     from biomed_toolkit.mammo.modeling import SiameseMatcher
@@ -287,6 +288,14 @@ def match(
         )
     if method not in METHODS:
         raise InputError(f"method must be one of {METHODS}, got {method!r}")
+    for name in ("cc", "mlo"):
+        check_finite_pixels(case.view(name).pixels, f"case.{name} ({case.view(name).name})")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not (
+            0.0 <= threshold <= 1.0):
+        raise InputError(f"threshold must be a probability in [0, 1], got {threshold!r}")
+    if isinstance(max_candidates, bool) or not isinstance(max_candidates, numbers.Integral) or (
+            max_candidates < 1):
+        raise InputError(f"max_candidates must be an integer >= 1, got {max_candidates!r}")
     needs_model = detector == "learned" or method not in ("template", "geometric")
     if model is None and needs_model:
         from biomed_toolkit.mammo.modeling import load

@@ -33,7 +33,7 @@ from scipy.special import expit
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.mammo.io import MG_PRESENTATION, Case, MammoImage
 
-__all__ = ["phantom", "write_dicom", "DENSITY_LEVELS", "MARGINS", "Orientation"]
+__all__ = ["phantom", "write_dicom", "DENSITY_LEVELS", "MARGINS", "MAX_LESIONS", "Orientation"]
 
 #: BI-RADS-like density letters -> glandular volume fraction.
 DENSITY_LEVELS = {"a": 0.08, "b": 0.2, "c": 0.38, "d": 0.6}
@@ -43,6 +43,34 @@ MARGINS = ("circumscribed", "ill-defined", "spiculated")
 Orientation = Literal["standard", "missing", "mislabelled"]
 
 _FOV_ROWS_MM = 260.0  # physical height of the detector field
+#: Most lesions :func:`phantom` places (each at least 25 mm from the others inside the breast;
+#: 12 always fit, about 20-28 at most depending on the seed).
+MAX_LESIONS = 12
+_MAX_SIDE = 8192  # pixels per side: larger views cost gigabytes and no detector is that fine
+
+
+def _number(name: str, value: object, lo: float, hi: float, *, integer: bool = False) -> float:
+    """``value`` as a finite number in [lo, hi], or an InputError naming the option."""
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int | np.integer) if integer else isinstance(
+        value, int | float | np.integer | np.floating)
+    if isinstance(value, bool) or not ok_type:
+        raise InputError(f"{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
+    v = float(value)  # type: ignore[arg-type]
+    if not (np.isfinite(v) and lo <= v <= hi):
+        raise InputError(f"{name} must be {kind} in [{lo:g}, {hi:g}], got {value!r}")
+    return v
+
+
+def _pair(name: str, value: object, lo: float, hi: float) -> tuple[float, float]:
+    """A (low, high) range inside [lo, hi] with low <= high."""
+    if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 2:  # type: ignore[arg-type]
+        raise InputError(f"{name} must be a (low, high) pair in [{lo:g}, {hi:g}], got {value!r}")
+    a = _number(f"{name}[0]", value[0], lo, hi)  # type: ignore[index]
+    b = _number(f"{name}[1]", value[1], lo, hi)  # type: ignore[index]
+    if a > b:
+        raise InputError(f"{name} must be (low, high) with low <= high, got {value!r}")
+    return a, b
 
 
 def _density_fraction(density: float | str) -> float:
@@ -429,11 +457,12 @@ def phantom(
     seed
         Random seed (the whole case is a deterministic function of the arguments).
     n_lesions
-        Number of lesions (masses and calcification clusters).
+        Number of lesions (masses and calcification clusters), 0 to :data:`MAX_LESIONS` (12).
     density
         Glandular volume fraction in (0, 1), or a BI-RADS letter ``"a"``-``"d"``.
     noise
-        Standard deviation of the additive quantum-like noise (image range is [0, 1]).
+        Standard deviation of the additive quantum-like noise (image range is [0, 1]), in
+        [0, 1].
     shape
         (rows, columns) of each view; the field of view is 260 mm high, so the pixel spacing
         is ``260 / rows`` mm.
@@ -460,6 +489,11 @@ def phantom(
     compression
         Range of the per-view compression factor (drawn independently for CC and MLO).
 
+    Ranges: ``calcification_fraction`` and ``one_view_fraction`` in [0, 1], ``contrast`` in
+    [0, 10], ``jitter_mm`` in [0, 20], ``mass_radius_mm`` within [0.5, 30], ``compression``
+    within [0.1, 1], ``lookalikes`` 0-50, each side of ``shape`` 64-8192; a value outside
+    raises :class:`~biomed_toolkit.core.errors.InputError` naming the option.
+
     Returns
     -------
     Case
@@ -477,12 +511,32 @@ def phantom(
     >>> case.lesions[["kind", "cc_row", "mlo_row"]].shape
     (2, 3)
     """
-    if len(shape) != 2 or min(shape) < 64:
-        raise InputError(f"shape must be (rows, cols) with both >= 64, got {shape}")
-    if n_lesions < 0:
-        raise InputError("n_lesions must be >= 0")
-    if mlo_angle is not None and not 30.0 <= float(mlo_angle) <= 60.0:
-        raise InputError(f"mlo_angle must be between 30 and 60 degrees, got {mlo_angle}")
+    if isinstance(shape, str) or not hasattr(shape, "__len__") or len(shape) != 2:
+        raise InputError(f"shape must be (rows, cols) with both in [64, {_MAX_SIDE}], got {shape!r}")
+    for i, side in enumerate(shape):
+        _number(f"shape[{i}]", side, 64, _MAX_SIDE, integer=True)
+    _number("seed", seed, 0, 2**63 - 1, integer=True)
+    if isinstance(n_lesions, int | np.integer) and not isinstance(n_lesions, bool) and (
+            n_lesions > MAX_LESIONS):
+        raise InputError(
+            f"n_lesions={n_lesions} is more than the phantom can place: at most {MAX_LESIONS} "
+            "lesions fit at least 25 mm apart inside the breast. Pass n_lesions <= "
+            f"{MAX_LESIONS}, or several cases (bt.mammo.phantom_cases) for more lesions.")
+    n_lesions = int(_number("n_lesions", n_lesions, 0, MAX_LESIONS, integer=True))
+    if mlo_angle is not None:
+        _number("mlo_angle (degrees)", mlo_angle, 30.0, 60.0)
+    noise = _number("noise", noise, 0.0, 1.0)
+    calcification_fraction = _number("calcification_fraction", calcification_fraction, 0.0, 1.0)
+    one_view_fraction = _number("one_view_fraction", one_view_fraction, 0.0, 1.0)
+    contrast = _number("contrast", contrast, 0.0, 10.0)
+    jitter_mm = _number("jitter_mm", jitter_mm, 0.0, 20.0)
+    mass_radius_mm = _pair("mass_radius_mm", mass_radius_mm, 0.5, 30.0)
+    compression = _pair("compression", compression, 0.1, 1.0)
+    if lookalikes is not None:
+        lookalikes = int(_number("lookalikes", lookalikes, 0, 50, integer=True))
+    if isinstance(margins, str):
+        raise InputError(f"margins must be a tuple of names from {MARGINS}, got the string "
+                         f"{margins!r}; write margins=({margins!r},)")
     bad = [m for m in margins if m not in MARGINS]
     if bad or not margins:
         raise InputError(f"margins must be a non-empty subset of {MARGINS}, got {margins}")
@@ -549,6 +603,11 @@ def phantom(
         hide = rng.random() < one_view_fraction
         les["hidden_in"] = ("cc" if rng.random() < 0.5 else "mlo") if hide else None
         lesions3d.append(les)
+    if len(lesions3d) < n_lesions:
+        raise InputError(
+            f"only {len(lesions3d)} of n_lesions={n_lesions} lesions fit at least 25 mm apart in "
+            f"this breast (seed {seed}, shape {tuple(shape)}); pass n_lesions <= "
+            f"{len(lesions3d)} or another seed.")
     n_look = int(rng.integers(3, 8)) if lookalikes is None else int(lookalikes)
     distractors = _draw_distractors(rng, n_look, geo, inside_ok, views["mlo"].bp)
     # Look-alikes keep clear of the lesions (they are not lesions).
@@ -640,7 +699,7 @@ def write_dicom(
     compress
         None, ``"rle"``, ``"jpeg2000"`` (lossless), ``"jpeg2000-lossy"`` or ``"deflate"``.
     bits_stored
-        Stored bits (10-16) in 16-bit storage.
+        Stored bits (8-16) in 16-bit storage.
     patient_id
         PatientID tag; defaults to the case id.
     orientation
@@ -673,8 +732,9 @@ def write_dicom(
         raise InputError(
             f"orientation must be 'standard', 'missing' or 'mislabelled', got {orientation!r}"
         )
-    if not 8 <= bits_stored <= 16:
-        raise InputError(f"bits_stored must be between 8 and 16, got {bits_stored}")
+    if isinstance(bits_stored, bool) or not isinstance(bits_stored, int | np.integer) or not (
+            8 <= bits_stored <= 16):
+        raise InputError(f"bits_stored must be an integer between 8 and 16, got {bits_stored!r}")
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid = generate_uid(), generate_uid()

@@ -112,3 +112,41 @@ def test_read_case_from_folder_and_lossy(tmp_path):
     assert np.abs(back.cc.pixels - case.cc.pixels).mean() < 0.01
     img = read(next(tmp_path.glob("*LCC.dcm")))
     assert not img.flipped  # a left breast is stored with the chest wall already on the left
+
+
+def test_n_lesions_beyond_the_maximum_is_refused_naming_it():
+    from biomed_toolkit.mammo.phantom import MAX_LESIONS
+
+    with pytest.raises(InputError, match=f"n_lesions=500 .* at most {MAX_LESIONS}"):
+        phantom(0, n_lesions=500)
+    case = phantom(0, n_lesions=MAX_LESIONS, shape=(160, 128))
+    assert len(case.lesions) == MAX_LESIONS  # the maximum is honoured, never silently fewer
+    d = np.linalg.norm(case.lesions[["x_mm", "y_mm", "z_mm"]].to_numpy()[:, None]
+                       - case.lesions[["x_mm", "y_mm", "z_mm"]].to_numpy()[None], axis=-1)
+    assert d[np.triu_indices(MAX_LESIONS, 1)].min() >= 25
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [({"n_lesions": -1}, "n_lesions"), ({"n_lesions": 2.5}, "n_lesions"),
+     ({"n_lesions": True}, "n_lesions"), ({"noise": -0.1}, "noise"),
+     ({"noise": float("nan")}, "noise"), ({"calcification_fraction": 1.5}, "calcification_fraction"),
+     ({"one_view_fraction": -0.1}, "one_view_fraction"), ({"contrast": float("inf")}, "contrast"),
+     ({"jitter_mm": -1.0}, "jitter_mm"), ({"mass_radius_mm": (11.0, 4.0)}, "mass_radius_mm"),
+     ({"mass_radius_mm": (0.0, 4.0)}, "mass_radius_mm"), ({"compression": (0.5, 2.0)}, "compression"),
+     ({"compression": 0.5}, "compression"), ({"lookalikes": -2}, "lookalikes"),
+     ({"mlo_angle": float("nan")}, "mlo_angle"), ({"shape": (63, 128)}, "shape"),
+     ({"shape": (100000, 128)}, "shape"), ({"shape": "512x416"}, "shape"),
+     ({"shape": (160.5, 128)}, "shape"), ({"margins": "spiculated"}, "margins"),
+     ({"seed": -1}, "seed"), ({"seed": "a"}, "seed")],
+)
+def test_numeric_phantom_options_are_range_checked(kwargs, name):
+    with pytest.raises(InputError, match=name):
+        phantom(**kwargs)
+
+
+def test_write_dicom_bits_stored_is_checked(tmp_path):
+    case = phantom(0, n_lesions=1, shape=(96, 80))
+    for bad in (7, 17, 12.0, True):
+        with pytest.raises(InputError, match="bits_stored"):
+            write_dicom(case, tmp_path, bits_stored=bad)
