@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 from .configuration import MammalConfig
 from .tokenizer import Batch, Tokenizer
+from .validation import check_int
 
 log = get_logger(__name__)
 
@@ -303,6 +304,8 @@ class MammalModel(BaseModel):
         """
         from transformers.modeling_outputs import BaseModelOutput
 
+        max_new_tokens = int(check_int(max_new_tokens, "max_new_tokens", where="MammalModel.generate", example=20))  # type: ignore[arg-type]
+        num_beams = int(check_int(num_beams, "num_beams", where="MammalModel.generate", example=1))  # type: ignore[arg-type]
         was_training = self.training
         self.eval()
         try:

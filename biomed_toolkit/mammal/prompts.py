@@ -21,12 +21,15 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from biomed_toolkit.core.errors import PromptError
+
+from .validation import check_int, short_repr
 
 # The meta token grammar; options are @KEY=VALUE pairs after the tokenizer type.
 META_RE = re.compile(r"<@TOKENIZER-TYPE=([A-Za-z0-9_]+)((?:@[A-Za-z_-]+=[^@<>]*)*)>")
@@ -34,6 +37,12 @@ SPECIAL_RE = re.compile(r"<[^<>]*>")
 _OPTION_RE = re.compile(r"@([A-Za-z_-]+)=([^@<>]*)")
 
 SCALAR_TYPES = ("SCALARS_LITERALS", "SCALARS_FROM_DICT")
+# Input scalars become float32 tensors: a larger magnitude would turn into inf (and NaN outputs).
+FLOAT32_MAX = 3.4028234663852886e38
+# One SCALARS_LITERALS value: a plain ASCII decimal number (no '_', no 'nan' / 'inf').
+_NUMBER_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?", re.ASCII)
+# MAX-LEN values are token counts; more digits than this cannot be a real limit.
+_MAX_LEN_DIGITS = 9
 TRUNC_MODES = ("RIGHT", "RAND")
 
 # Residue letters of the AA sub-tokenizer (every capital except J): the 20 standard amino
@@ -107,31 +116,101 @@ class Segment:
                     f"SCALARS_FROM_DICT segment at character {self.start} names {key!r}, but no "
                     f"such entry was passed (got {known}); pass scalars={{{key!r}: [..]}}"
                 )
-            vals = scalars[key]
-            if hasattr(vals, "tolist"):
-                vals = vals.tolist()
-            if isinstance(vals, int | float):
-                vals = [vals]
-            return [float(v) for v in vals]
+            return scalar_list(scalars[key], f"SCALARS_FROM_DICT entry {key!r} (segment at character {self.start})")
         raise PromptError(f"segment {self.tokenizer_type} at character {self.start} holds no scalars")
 
 
+def scalar_value(value: object, where: str) -> float:
+    """One input scalar as a float, refused unless it is a finite number within the float32 range.
+
+    Parameters
+    ----------
+    value
+        A Python / NumPy number or a 0-d array / tensor (strings and booleans are refused).
+    where
+        What the value is, for the message (``"scalars value 2"``).
+
+    Raises
+    ------
+    PromptError
+        Not a number, NaN / inf, or beyond +-3.4e38 (it would become inf in float32).
+
+    Examples
+    --------
+    >>> scalar_value(0.5, "value 0")
+    0.5
+    """
+    v = value
+    if hasattr(v, "ndim") and getattr(v, "ndim", None) == 0 and hasattr(v, "item"):
+        v = v.item()  # a 0-d NumPy array or torch tensor
+    if not isinstance(v, numbers.Real) or isinstance(v, bool):
+        raise PromptError(
+            f"{where} is {short_repr(value)} ({type(value).__name__}), not a number; pass a float such as 0.5"
+        )
+    try:
+        f = float(v)
+    except OverflowError:  # an int with hundreds of digits
+        f = math.inf
+    if not math.isfinite(f):
+        raise PromptError(f"{where} is {short_repr(value)}: input scalars must be finite; drop or replace it")
+    if abs(f) > FLOAT32_MAX:
+        raise PromptError(
+            f"{where} is {short_repr(value)}: beyond the float32 range (+-3.4e38) of MAMMAL's input scalars, it would "
+            "become inf; rescale it (e.g. log10)"
+        )
+    return f
+
+
+def scalar_list(values: object, where: str) -> list[float]:
+    """A number or a sequence / array of numbers as floats, each checked by :func:`scalar_value`.
+
+    Examples
+    --------
+    >>> scalar_list([1, 2.5], "scalars")
+    [1.0, 2.5]
+    """
+    if isinstance(values, str | bytes | Mapping):
+        raise PromptError(
+            f"{where} must be numbers, got {type(values).__name__} {short_repr(values)}; pass e.g. [0.5, 1.2]"
+        )
+    if isinstance(values, numbers.Real) or (hasattr(values, "ndim") and getattr(values, "ndim", None) == 0):
+        items: list[object] = [values]
+    elif isinstance(values, Iterable):
+        items = list(values.ravel()) if hasattr(values, "ravel") else list(values)
+    else:
+        raise PromptError(f"{where} must be a number or a list of numbers, got {type(values).__name__}")
+    if not items:
+        raise PromptError(f"{where} is empty; give at least one number")
+    return [scalar_value(v, f"{where}, value {i}") for i, v in enumerate(items)]
+
+
 def parse_scalar_literals(text: str, start: int = 0) -> list[float]:
-    """Parse ``"0.5,1.5"`` into floats; raise :class:`PromptError` naming a bad value."""
+    """Parse ``"0.5,1.5"`` into floats; raise :class:`PromptError` naming a bad value and its position.
+
+    ``start`` is the character offset of ``text`` in the prompt; positions in messages count from
+    the start of the prompt.
+
+    Examples
+    --------
+    >>> parse_scalar_literals("0.5,-2e-1")
+    [0.5, -0.2]
+    """
     values: list[float] = []
     pos = 0
     for part in text.split(","):
         s = part.strip()
-        try:
-            v = float(s)
-        except ValueError:
+        where = f"SCALARS_LITERALS value {part!r} at character {start + pos}"
+        if not _NUMBER_RE.fullmatch(s):
+            hint = (
+                "; a SCALARS_LITERALS segment runs to the next meta token: put e.g. <@TOKENIZER-TYPE=AA> "
+                "after the numbers, before any <...> token"
+                if "<" in part
+                else ""
+            )
             raise PromptError(
-                f"SCALARS_LITERALS value {part!r} at character {start + pos} is not a number; "
-                "write comma-separated numbers such as 0.5,1.2"
-            ) from None
-        if not math.isfinite(v):
-            raise PromptError(f"SCALARS_LITERALS value {part!r} at character {start + pos} is not finite")
-        values.append(v)
+                f"{where} is not a number; write comma-separated decimal numbers such as 0.5,1.2{hint}"
+            )
+        values.append(scalar_value(float(s), where))
         pos += len(part) + 1
     return values
 
@@ -186,6 +265,13 @@ def parse(prompt: str) -> ParsedPrompt:
     """
     if not isinstance(prompt, str):
         raise PromptError(f"a prompt must be a str, got {type(prompt).__name__}")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as exc:  # lone surrogates cannot reach the tokenizers library
+        raise PromptError(
+            f"the prompt holds an invalid character {prompt[exc.start]!r} at character {exc.start} "
+            "(a lone surrogate, not text); remove it"
+        ) from None
     matches = list(META_RE.finditer(prompt))
     if not matches or matches[0].start() != 0:
         lead = prompt[: matches[0].start()] if matches else prompt
@@ -210,8 +296,12 @@ def parse(prompt: str) -> ParsedPrompt:
         for key, value in _OPTION_RE.findall(m.group(2)):
             key = key.upper()
             if key == "MAX-LEN":
-                if not value.isdigit() or int(value) < 1:
-                    raise PromptError(f"MAX-LEN={value!r} at character {m.start()} must be a positive integer")
+                # isdecimal() alone takes non-ASCII digits ('\u0663'); isdigit() even '\u00b2', which int() refuses.
+                if not (value.isascii() and value.isdecimal()) or len(value) > _MAX_LEN_DIGITS or int(value) < 1:
+                    raise PromptError(
+                        f"MAX-LEN={short_repr(value)} at character {m.start()} must be a positive integer written with "
+                        f"ASCII digits 0-9 (at most {_MAX_LEN_DIGITS} digits), e.g. @MAX-LEN=256"
+                    )
                 max_len = int(value)
             elif key == "TRUNC-MODE":
                 if value.upper() not in TRUNC_MODES:
@@ -261,8 +351,11 @@ def check_smiles(smiles: str, *, what: str = "SMILES") -> str:
     if not isinstance(smiles, str) or not smiles.strip():
         raise PromptError(f"{what} must be a non-empty string, got {smiles!r}")
     for i, c in enumerate(smiles):
-        if c.isspace() or c in "<>":
-            raise PromptError(f"invalid character {c!r} at position {i} of {what} {smiles!r}")
+        if c.isspace() or c in "<>" or not c.isascii() or not c.isprintable():
+            raise PromptError(
+                f"invalid character {c!r} at position {i} of {what} {smiles!r}: a SMILES is printable ASCII "
+                "without spaces or <>; remove it"
+            )
     problem = smiles_problem(smiles)
     if problem is not None:
         reason, pos = problem
@@ -281,7 +374,7 @@ def smiles_problem(smiles: str) -> tuple[str, int | None] | None:
         r"(?:SMILES Parse Error: |\] )((?:syntax|extra|unclosed|Can't|Explicit|non-ring|duplicate)[^\n]*)", log
     )
     why = reason.group(1).split(" while parsing")[0].strip() if reason else "unparsable"
-    pos = min(int(m.group(1)) - 1, len(smiles) - 1) if m else None
+    pos = max(0, min(int(m.group(1)) - 1, len(smiles) - 1)) if m else None
     return why, pos
 
 
@@ -301,6 +394,11 @@ def _rdkit_parse(smiles: str) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- builders
 
+def _max_len(value: object, name: str, builder: str) -> int:
+    """A ``@MAX-LEN`` option of a builder: an integer >= 1 (``int("abc")`` would raise raw)."""
+    return int(check_int(value, name, where=f"prompts.{builder}", error=PromptError, example=256))  # type: ignore[arg-type]
+
+
 _PROTEIN = "<MOLECULAR_ENTITY><MOLECULAR_ENTITY_GENERAL_PROTEIN><SEQUENCE_NATURAL_START>{}<SEQUENCE_NATURAL_END>"
 
 
@@ -315,9 +413,9 @@ def dti(protein: str, smiles: str, *, protein_max_len: int = 1250, smiles_max_le
     check_protein(protein, what="target protein")
     check_smiles(smiles, what="drug SMILES")
     return (
-        f"<@TOKENIZER-TYPE=AA><MASK><@TOKENIZER-TYPE=AA@MAX-LEN={int(protein_max_len)}>"
+        f"<@TOKENIZER-TYPE=AA><MASK><@TOKENIZER-TYPE=AA@MAX-LEN={_max_len(protein_max_len, 'protein_max_len', 'dti')}>"
         + _PROTEIN.format(protein)
-        + f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(smiles_max_len)}>"
+        + f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={_max_len(smiles_max_len, 'smiles_max_len', 'dti')}>"
         "<MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><SEQUENCE_NATURAL_START>"
         f"{smiles}<SEQUENCE_NATURAL_END><EOS>"
     )
@@ -355,7 +453,7 @@ def molecule_property(smiles: str, task: str, *, max_len: int = 2100) -> str:
     check_smiles(smiles)
     return (
         f"<@TOKENIZER-TYPE=SMILES><MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><{t}><SENTINEL_ID_0>"
-        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(max_len)}><SEQUENCE_NATURAL_START>{smiles}"
+        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={_max_len(max_len, 'max_len', 'molecule_property')}><SEQUENCE_NATURAL_START>{smiles}"
         "<SEQUENCE_NATURAL_END><EOS>"
     )
 
@@ -371,7 +469,7 @@ def solubility(smiles: str, *, max_len: int = 256) -> str:
     check_smiles(smiles)
     return (
         "<@TOKENIZER-TYPE=SMILES><MASK><SOLUBILITY>"
-        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(max_len)}>"
+        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={_max_len(max_len, 'max_len', 'solubility')}>"
         "<MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><SEQUENCE_NATURAL_START>"
         f"{smiles}<SEQUENCE_NATURAL_END><EOS>"
     )
@@ -391,7 +489,7 @@ def molecule_regression(smiles: str, *, max_len: int = 256) -> str:
     check_smiles(smiles)
     return (
         "<@TOKENIZER-TYPE=SMILES><MASK><REGRESSION>"
-        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(max_len)}>"
+        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={_max_len(max_len, 'max_len', 'molecule_regression')}>"
         "<MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><SEQUENCE_NATURAL_START>"
         f"{smiles}<SEQUENCE_NATURAL_END><EOS>"
     )
@@ -408,7 +506,7 @@ def molecule_classification(smiles: str, *, max_len: int = 2100) -> str:
     check_smiles(smiles)
     return (
         "<@TOKENIZER-TYPE=SMILES><MOLECULAR_ENTITY><MOLECULAR_ENTITY_SMALL_MOLECULE><BINARY><SENTINEL_ID_0>"
-        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={int(max_len)}><SEQUENCE_NATURAL_START>{smiles}"
+        f"<@TOKENIZER-TYPE=SMILES@MAX-LEN={_max_len(max_len, 'max_len', 'molecule_classification')}><SEQUENCE_NATURAL_START>{smiles}"
         "<SEQUENCE_NATURAL_END><EOS>"
     )
 
@@ -438,10 +536,14 @@ def scalars(values: Iterable[float]) -> str:
     --------
     >>> scalars([0.5, 1.5])
     '<@TOKENIZER-TYPE=SCALARS_LITERALS>0.5,1.5'
+
+    Raises
+    ------
+    PromptError
+        ``values`` is empty or a string, or a value is not a number, not finite or beyond the
+        float32 range (the message names its index).
     """
-    vals = [float(v) for v in values]
-    if not vals or not all(math.isfinite(v) for v in vals):
-        raise PromptError(f"scalars must be a non-empty list of finite numbers, got {vals}")
+    vals = scalar_list(values, "scalars")
     return "<@TOKENIZER-TYPE=SCALARS_LITERALS>" + ",".join(repr(v) for v in vals)
 
 
@@ -458,6 +560,8 @@ def rank_genes(values: Sequence[float], genes: Sequence[str], *, n_bins: int = 1
     """
     import numpy as np
 
+    n_bins = int(check_int(n_bins, "n_bins", where="prompts.rank_genes", error=PromptError))  # type: ignore[arg-type]
+    max_genes = int(check_int(max_genes, "max_genes", where="prompts.rank_genes", error=PromptError))  # type: ignore[arg-type]
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.shape[0] != len(genes):
         raise PromptError(f"got {v.shape[0]} expression values for {len(genes)} genes")
@@ -504,6 +608,8 @@ def cell_type(
     '<@TOKENIZER-TYPE=GENE><MOLECULAR_ENTITY><MOLECULAR_ENTITY_CELL_GENE_EXPRESSION_RANKED>[CD3E][MS4A1]<EOS>'
     """
     head = "<@TOKENIZER-TYPE=GENE><MOLECULAR_ENTITY><MOLECULAR_ENTITY_CELL_GENE_EXPRESSION_RANKED>"
+    check_int(n_bins, "n_bins", where="prompts.cell_type", error=PromptError)
+    check_int(max_genes, "max_genes", where="prompts.cell_type", error=PromptError)
 
     def build(genes: Sequence[str]) -> str:
         for i, g in enumerate(genes):

@@ -32,6 +32,7 @@ from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.progress import progress as _progress
 
 from . import prompts
+from .validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -78,6 +79,7 @@ class ScreenResult:
         """The ``k`` best-scoring molecules, reading one part at a time (bounded memory)."""
         import pandas as pd
 
+        k = int(check_int(k, "k", where="ScreenResult.top", example=100))  # type: ignore[arg-type]
         best: list[pd.DataFrame] = []
         for p in self.parts():
             part = pd.read_parquet(p)
@@ -233,11 +235,16 @@ def screen_file(
     """
     import pandas as pd
 
-    from .tasks import predict
+    from .tasks import check_prompt_kwargs, get_task, predict
 
+    where = "screen_file"
+    if prompt_kwargs is not None:
+        check_prompt_kwargs(get_task("dti"), prompt_kwargs)
+    chunk_size = int(check_int(chunk_size, "chunk_size", where=where, example=50_000))  # type: ignore[arg-type]
+    check_int(batch_size, "batch_size", where=where, example=64)
+    check_int(num_workers, "num_workers", where=where, minimum=0, example=0)
+    check_int(num_nodes, "num_nodes", where=where, example=1)
     prompts.check_protein(target, what="target protein")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise InputError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     source = Path(source)
     folder = Path(output)
     folder.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -24,6 +25,7 @@ from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.progress import progress as _progress
 
 from . import prompts
+from .validation import check_int, check_list
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -139,7 +141,18 @@ def _rows(task: Task, inputs: Any) -> pd.DataFrame:
     if isinstance(inputs, pd.DataFrame):
         df = inputs
     elif isinstance(inputs, Mapping):
-        df = pd.DataFrame({k: list(v) if not isinstance(v, str) else [v] for k, v in inputs.items()})
+        cols: dict[str, list[Any]] = {}
+        for k, v in inputs.items():
+            if isinstance(v, str) or not isinstance(v, Iterable):
+                v = [v]  # one value for a one-row call
+            cols[str(k)] = list(v)
+        lengths = {k: len(v) for k, v in cols.items()}
+        if len(set(lengths.values())) > 1:
+            raise InputError(
+                f"task {task.name!r}: the input columns have different lengths {lengths}; give every column one "
+                "value per row (e.g. repeat one protein as [protein] * n, or use virtual_screen for one target)"
+            )
+        df = pd.DataFrame(cols)
     elif isinstance(inputs, str):
         df = pd.DataFrame({task.inputs[0]: [inputs]})
     elif isinstance(inputs, Sequence):
@@ -310,9 +323,38 @@ def _batches(order: list[int], built: list[str | None], batch_size: int, max_tok
 
 
 def _default_kwargs(model: MammalModel, task: Task, prompt_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    if prompt_kwargs is not None and not isinstance(prompt_kwargs, Mapping):
+        raise InputError(f"prompt_kwargs must be a dict such as {{'max_len': 256}}, got {type(prompt_kwargs).__name__}")
     kw = dict((model.config.extra or {}).get("prompt_kwargs", {}).get(task.name, {}))
     kw.update(prompt_kwargs or {})
-    return kw
+    return check_prompt_kwargs(task, kw)
+
+
+def check_prompt_kwargs(task: Task, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse builder options the task's prompt builder does not take, or a ``*max_len`` below 1.
+
+    Checked once at entry: inside the per-row loop a bad option would fail every row on its own.
+
+    Examples
+    --------
+    >>> check_prompt_kwargs(get_task("dti"), {"protein_max_len": 512})
+    {'protein_max_len': 512}
+    """
+    params = inspect.signature(task.build).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    options = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    if takes_any:  # the molecule-property wrappers pass **kw on to molecule_property
+        options = [n for n, p in inspect.signature(prompts.molecule_property).parameters.items()
+                   if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    out = dict(kwargs)
+    for key, value in out.items():
+        if key not in options:
+            raise InputError(
+                f"prompt_kwargs: task {task.name!r} has no prompt option {key!r}; its options are {options or 'none'}"
+            )
+        if key.endswith("max_len"):
+            out[key] = check_int(value, key, where=f"prompt_kwargs of task {task.name!r}", example=256)
+    return out
 
 
 def predict(
@@ -376,12 +418,15 @@ def predict(
     >>> df[["prediction", "probability", "error"]]  # doctest: +SKIP
     """
     t = get_task(task)
+    where = "mammal.predict"
+    batch_size = check_int(batch_size, "batch_size", where=where, example=32)  # type: ignore[assignment]
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", where=where, example=20)  # type: ignore[assignment]
+    num_workers = check_int(num_workers, "num_workers", where=where, minimum=0, example=0)  # type: ignore[assignment]
+    num_nodes = check_int(num_nodes, "num_nodes", where=where, example=1)  # type: ignore[assignment]
     if model.tokenizer is None:
         raise InputError("the model has no tokenizer; load it from a folder with tokenizer/")
     if t.kind == "regression" and model.scalars_prediction_head is None:
         raise InputError("the model has no scalar head; it cannot do regression tasks")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     df = _rows(t, inputs)
     built, errors = build_prompts(t, df, **_default_kwargs(model, t, prompt_kwargs))
     n = len(df)
@@ -478,10 +523,11 @@ def virtual_screen(
     target
         Protein sequence (validated once).
     smiles_list
-        Molecules (invalid ones get an ``error`` and rank last). For libraries larger than
-        memory use :func:`screen_file`.
+        A list of molecules (invalid ones get an ``error`` and rank last); a single string is
+        refused (pass ``["CCO"]`` for one molecule). For libraries larger than memory use
+        :func:`screen_file`.
     top_k
-        Keep only the best ``top_k`` rows.
+        Keep only the best ``top_k`` rows (an integer >= 1; ``None`` keeps all).
     num_workers, accelerator, devices, num_nodes
         As in :func:`predict` (tokenization workers; sharding over processes / GPUs / nodes).
 
@@ -494,10 +540,13 @@ def virtual_screen(
     --------
     >>> hits = virtual_screen(model, target_seq, library_smiles, top_k=50)  # doctest: +SKIP
     """
+    where = "virtual_screen"
+    smiles = check_list(smiles_list, "smiles_list", where=where, example="CCO")
+    top_k = check_int(top_k, "top_k", where=where, allow_none=True, example=50)
+    batch_size = check_int(batch_size, "batch_size", where=where, example=64)  # type: ignore[assignment]
     prompts.check_protein(target, what="target protein")
-    smiles = list(smiles_list)
     if not smiles:
-        raise InputError("smiles_list is empty")
+        raise InputError("virtual_screen: smiles_list is empty; pass at least one SMILES")
     df = predict(
         model, "dti", {"protein": [target] * len(smiles), "smiles": smiles},
         batch_size=batch_size, progress=progress, prompt_kwargs=prompt_kwargs, num_workers=num_workers,
@@ -509,4 +558,5 @@ def virtual_screen(
     return df.head(top_k) if top_k is not None else df
 
 
-__all__ = ["TASKS", "Task", "TaskKind", "TaskName", "build_prompts", "get_task", "predict", "virtual_screen"]
+__all__ = ["TASKS", "Task", "TaskKind", "TaskName", "build_prompts", "check_prompt_kwargs", "get_task", "predict",
+           "virtual_screen"]

@@ -18,7 +18,7 @@ import json
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,11 +27,15 @@ import numpy as np
 import torch
 
 from biomed_toolkit.core.errors import PromptError
+from biomed_toolkit.core.log import get_logger
 
 from .prompts import SCALAR_TYPES, parse
+from .validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
+
+log = get_logger(__name__)
 
 SCALAR_FILL = -1000.0  # the official value where a position holds no scalar
 _CACHE_MAX = 200_000
@@ -154,6 +158,8 @@ class Tokenizer:
         self.scalar_id = specials["<SCALAR>"]
         self._cache: dict[tuple[Any, ...], tuple[tuple[int, ...], tuple[float, ...] | None]] = {}
         self._rng = random.Random(0)
+        # Vocabulary gaps already reported (valid SMILES characters a small vocabulary lacks).
+        self._warned_unknown: set[tuple[str, str]] = set()
 
     # ------------------------------------------------------------------ loading / saving
 
@@ -305,14 +311,50 @@ class Tokenizer:
                         "strict=False maps it to <UNK> as the official tokenizer does)"
                     )
                 out.append(idx)
+            elif seg.tokenizer_type == "SMILES":
+                out.extend(self._encode_smiles(sub, text, pos))
             else:
                 out.extend(self._encode_text(sub, text, pos))
-                if seg.tokenizer_type == "SMILES":
-                    _check_smiles_run(text, pos)
         return out, None
 
-    def _encode_text(self, sub: _SubTokenizer, text: str, pos: int) -> list[int]:
+    def _encode_smiles(self, sub: _SubTokenizer, text: str, pos: int) -> list[int]:
+        """A SMILES run: RDKit-valid SMILES are accepted even where the vocabulary lacks a character.
+
+        A character that RDKit accepts but the sub-tokenizer does not know (``*`` or the ``a`` of
+        ``[Na+]`` in a small vocabulary) becomes ``<UNK>`` as in the official tokenizer, with one
+        warning per character; a SMILES that RDKit refuses raises, naming the character by its
+        position in the SMILES and in the prompt.
+        """
+        for k, c in enumerate(text):
+            # RDKit stops reading at a space and would accept "CC O" as "CC": refuse it first.
+            if c.isspace() or not c.isascii() or not c.isprintable():
+                raise _smiles_error(text, k, pos, "a SMILES is printable ASCII without spaces; remove it")
+        unknown: list[tuple[str, int]] = []
+        ids = self._encode_text(sub, text, pos, unknown=unknown)
+        _check_smiles_run(text, pos, unknown)
+        for token, _k in unknown:
+            if (sub.name, token) not in self._warned_unknown:
+                self._warned_unknown.add((sub.name, token))
+                log.warning(
+                    f"the {sub.name} vocabulary of this tokenizer has no token for {token!r} (in the valid SMILES "
+                    f"{text!r}); it is encoded as <UNK> as the official tokenizer does, so the model sees less of "
+                    "such molecules (reported once per character)"
+                )
+        return ids
+
+    def _encode_text(
+        self, sub: _SubTokenizer, text: str, pos: int, *, unknown: list[tuple[str, int]] | None = None
+    ) -> list[int]:
+        """Ids of a text run; an unknown token raises, or with ``unknown`` becomes ``<UNK>`` and is listed there."""
         vocab = sub.vocab
+        unk = sub.unk_id if sub.unk_id is not None else self.unk_id
+
+        def missing(token: str, k: int) -> int:
+            if unknown is None:
+                raise _bad_token(sub, token, pos + k)
+            unknown.append((token, k))
+            return unk
+
         if sub.per_char:
             try:
                 return [vocab[c] for c in text]
@@ -323,25 +365,22 @@ class Tokenizer:
                 if c.isspace():
                     continue
                 idx = vocab.get(c)
-                if idx is None or c in self.special_tokens:
-                    raise _bad_token(sub, c, pos + i)
-                out.append(idx)
+                out.append(missing(c, i) if idx is None or c in self.special_tokens else idx)
             return out
         if sub.split_re is not None and sub.kind == "wordlevel":
             out = []
             for m in sub.split_re.finditer(text):
                 idx = vocab.get(m.group(0))
-                if idx is None:
-                    raise _bad_token(sub, m.group(0), pos + m.start())
-                out.append(idx)
+                out.append(missing(m.group(0), m.start()) if idx is None else idx)
             return out
         enc = sub.hf.encode(text, add_special_tokens=False)
-        ids = enc.ids
-        if sub.unk_id is not None and sub.unk_id in ids:
-            k = ids.index(sub.unk_id)
-            a, b = enc.offsets[k]
-            raise _bad_token(sub, text[a:b], pos + a)
-        return list(ids)
+        ids = list(enc.ids)
+        if sub.unk_id is not None:
+            for j, idx in enumerate(ids):
+                if idx == sub.unk_id:
+                    a, b = enc.offsets[j]
+                    missing(text[a:b], a)
+        return ids
 
     def __call__(
         self,
@@ -381,9 +420,16 @@ class Tokenizer:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not isinstance(prompts, Iterable):
+            raise PromptError(f"prompts must be a str or a list of str, got {type(prompts).__name__}")
         prompts = list(prompts)
         if not prompts:
             raise PromptError("no prompt given")
+        check_int(max_seq_len, "max_seq_len", where="Tokenizer", allow_none=True, error=PromptError, example=512)
+        if isinstance(scalars, str | bytes) or not isinstance(scalars, Mapping | Sequence | None):
+            raise PromptError(
+                f"scalars must be a mapping {{name: values}} or one mapping per prompt, got {type(scalars).__name__}"
+            )
         if padding not in ("auto", "longest", "max_length"):
             raise PromptError(f"padding={padding!r}; use 'auto', 'longest' or 'max_length'")
         if padding == "max_length" and max_seq_len is None:
@@ -523,17 +569,37 @@ class Tokenizer:
         return pd.DataFrame(rows)
 
 
-def _check_smiles_run(text: str, pos: int) -> None:
-    """RDKit check of a SMILES run; the error names the character and its prompt position."""
+def _check_smiles_run(text: str, pos: int, unknown: Sequence[tuple[str, int]] = ()) -> None:
+    """RDKit check of a SMILES run at prompt character ``pos``; ``unknown`` lists tokens outside the vocabulary.
+
+    Messages name positions in the SMILES (from its first character) and in the prompt.
+    """
     from .prompts import smiles_problem
 
     problem = smiles_problem(text)
-    if problem is not None:
-        reason, k = problem
-        where = f"near {text[k]!r} at character {pos + k}" if k is not None else f"starting at character {pos}"
-        raise PromptError(
-            f"invalid SMILES {text!r} ({reason}) {where} of the prompt; strict=False skips this RDKit check"
+    if problem is None:
+        return
+    reason, k = problem
+    if unknown:
+        # A character the vocabulary lacks in a SMILES that RDKit refuses is the likelier culprit.
+        _token, j = unknown[0]
+        raise _smiles_error(
+            text, j, pos, f"the SMILES sub-tokenizer has no such token and RDKit cannot parse the SMILES ({reason})"
         )
+    where = (
+        f"near {text[k]!r} at position {k} of the SMILES (at character {pos + k} of the prompt)"
+        if k is not None
+        else f"(the SMILES starts at character {pos} of the prompt)"
+    )
+    raise PromptError(f"invalid SMILES {text!r} ({reason}) {where}; fix the SMILES, or strict=False skips this RDKit check")
+
+
+def _smiles_error(text: str, k: int, pos: int, why: str) -> PromptError:
+    """Error for character ``k`` of the SMILES ``text`` that starts at prompt character ``pos``."""
+    return PromptError(
+        f"invalid SMILES character {text[k]!r} at character {pos + k} of the prompt, position {k} of the SMILES "
+        f"{text!r}: {why}"
+    )
 
 
 def _bad_token(sub: _SubTokenizer, token: str, pos: int) -> PromptError:

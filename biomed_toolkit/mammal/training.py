@@ -31,8 +31,9 @@ from biomed_toolkit.core.finetune import finetune_doc, finetune_model
 from biomed_toolkit.core.log import get_logger
 
 from .splits import Split, split_labels
-from .tasks import Task, TaskName, _rows, build_prompts, get_task
+from .tasks import Task, TaskName, _default_kwargs, _rows, build_prompts, get_task
 from .tokenizer import Batch, Tokenizer
+from .validation import check_int, check_positive_float
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -197,6 +198,31 @@ class GenerationClassificationModule(_Base):
         self.log("val_accuracy", acc, batch_size=len(batch["y"]))
 
 
+def _as_table(table: object, name: str) -> pd.DataFrame:
+    """A DataFrame from a DataFrame or a dict of columns; anything else is refused by name."""
+    import pandas as pd
+
+    if isinstance(table, pd.DataFrame):
+        return table
+    if isinstance(table, Mapping):
+        try:
+            return pd.DataFrame(dict(table))
+        except ValueError as exc:  # columns of different lengths
+            raise InputError(f"mammal.finetune: {name} cannot become a table ({exc}); give equal-length columns") from None
+    raise InputError(f"mammal.finetune: {name} must be a pandas DataFrame (or a dict of columns), got {type(table).__name__}")
+
+
+def _check_fractions(fractions: object, where: str) -> None:
+    """Three finite numbers (train, validation, test); split_labels checks that they are > 0 and sum to 1."""
+    ok = isinstance(fractions, Sequence) and not isinstance(fractions, str) and len(fractions) == 3
+    if ok:
+        ok = all(isinstance(f, int | float | np.floating) and not isinstance(f, bool) and np.isfinite(f)
+                 for f in fractions)  # type: ignore[union-attr]
+    if not ok:
+        raise InputError(f"{where}: fractions must be three numbers (train, val, test) such as (0.8, 0.1, 0.1), "
+                         f"got {fractions!r}")
+
+
 def _target_column(task: Task, df: pd.DataFrame, target: str | None) -> str:
     cands = [target] if target else (
         ["label", "y", "target"] if task.kind == "classification" else ["y", "target", "affinity", "logS", "pKd", "label"])
@@ -218,14 +244,15 @@ def make_dataset(model: MammalModel, task: TaskName | Task, df: pd.DataFrame, *,
         raise InputError("fine-tuning supports regression and classification tasks, not 'generate'")
     col = _target_column(t, df, target)
     rows = _rows(t, df)
-    kw = dict((model.config.extra or {}).get("prompt_kwargs", {}).get(t.name, {}))
-    kw.update(prompt_kwargs or {})
-    built, errors = build_prompts(t, rows, **kw)
+    built, errors = build_prompts(t, rows, **_default_kwargs(model, t, prompt_kwargs))
     bad = [(i, e) for i, e in enumerate(errors) if e is not None]
     if bad:
         shown = "; ".join(f"row {df.index[i]}: {e}" for i, e in bad[:3])
         raise InputError(f"{len(bad)} training rows have invalid inputs ({shown}); fix or drop them first")
-    y = np.asarray(df[col], dtype=np.float64)
+    try:
+        y = np.asarray(df[col], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"target column {col!r} must hold numbers ({exc}); convert or drop the other rows") from None
     if not np.isfinite(y).all():
         raise InputError(f"target column {col!r} has {int((~np.isfinite(y)).sum())} missing/non-finite values")
     if t.kind == "classification" and not set(np.unique(y)) <= {0.0, 1.0}:
@@ -343,6 +370,17 @@ def finetune(
     >>> tuned.test_metrics[["model", "pearson", "rmse"]]  # doctest: +SKIP
     """
     t = get_task(task)
+    table = _as_table(table, "table")
+    val_table = _as_table(val_table, "val_table") if val_table is not None else None
+    where = "mammal.finetune"
+    max_epochs = int(check_int(max_epochs, "max_epochs", where=where, example=3))  # type: ignore[arg-type]
+    batch_size = int(check_int(batch_size, "batch_size", where=where, example=16))  # type: ignore[arg-type]
+    lora_rank = int(check_int(lora_rank, "lora_rank", where=where, example=8))  # type: ignore[arg-type]
+    num_nodes = int(check_int(num_nodes, "num_nodes", where=where, example=1))  # type: ignore[arg-type]
+    max_seq_len = check_int(max_seq_len, "max_seq_len", where=where, allow_none=True, example=512)
+    learning_rate = check_positive_float(learning_rate, "learning_rate", where=where, allow_none=True)
+    seed = check_int(seed, "seed", where=where, minimum=0, allow_none=True, example=0)
+    _check_fractions(fractions, where)
     seed_value = int(seed) if seed is not None else 0
     if split is None and val_table is None:
         split = "random"
