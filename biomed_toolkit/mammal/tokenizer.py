@@ -462,6 +462,11 @@ class Tokenizer:
         --------
         >>> batch = tok.pad([tok.encode_one(p) for p in prompts])  # doctest: +SKIP
         """
+        check_int(max_seq_len, "max_seq_len", where="Tokenizer.pad", allow_none=True, error=PromptError, example=512)
+        if padding not in ("auto", "longest", "max_length"):
+            raise PromptError(f"padding={padding!r}; use 'auto', 'longest' or 'max_length'")
+        if not encoded:
+            raise PromptError("Tokenizer.pad: nothing to pad; pass the encode_one results of at least one prompt")
         rows: list[Sequence[int]] = []
         svals: dict[int, Sequence[float]] = {}
         for i, (ids, vals) in enumerate(encoded):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.log import get_logger
+from biomed_toolkit.mammal.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from biomed_toolkit.mammal.modeling import MammalModel
@@ -159,7 +160,7 @@ class DrugTargetExplorer:
 
         self._model = model
         self._model_error: str | None = None
-        self.batch_size = int(batch_size)
+        self.batch_size = int(check_int(batch_size, "batch_size", where="DrugTargetExplorer", example=16))  # type: ignore[arg-type]
         self._tasks = _tasks()
         if model is None:  # the embedded demo: load it now to know what it can do
             try:

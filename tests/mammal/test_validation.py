@@ -267,6 +267,23 @@ def test_generate_and_builders_refuse_bad_counts(demo_model):
         prompts.cell_type(["A", "B"], max_genes=-1)  # genes[:-1] silently dropped the last gene
 
 
+def test_other_public_counts_are_checked(demo_model):
+    from biomed_toolkit.mammal.baselines import morgan
+    from biomed_toolkit.mammal.widgets import DrugTargetExplorer
+
+    with pytest.raises(InputError, match="baselines.morgan: n_bits must be an integer >= 1"):
+        morgan(["CCO"], n_bits=0)
+    with pytest.raises(InputError, match="baselines.morgan: radius must be an integer >= 0"):
+        morgan(["CCO"], radius=-1)
+    tok = _demo_tokenizer()
+    with pytest.raises(PromptError, match="Tokenizer.pad: nothing to pad"):
+        tok.pad([])
+    with pytest.raises(PromptError, match="Tokenizer.pad: max_seq_len"):
+        tok.pad([tok.encode_one("<@TOKENIZER-TYPE=AA>MKT<EOS>")], max_seq_len=-1)
+    with pytest.raises(InputError, match="DrugTargetExplorer: batch_size must be an integer >= 1"):
+        DrugTargetExplorer(demo_model, batch_size=0)
+
+
 def test_screen_file_refuses_bad_options_before_writing(demo_model, tmp_path):
     from biomed_toolkit.mammal.screening import ScreenResult, screen_file
 
