@@ -4,6 +4,22 @@ The intensity pipeline follows DICOM PS3.3 C.11: modality LUT (or rescale) -> VO
 (LINEAR, LINEAR_EXACT, SIGMOID) -> MONOCHROME1 / ``PresentationLUTShape INVERSE`` inversion.
 Pixels come out as float32 in [0, 1] with tissue bright, and flipped horizontally when needed so
 that the chest wall is on the left and the nipple points right.
+
+Damaged files give a :class:`~biomed_toolkit.core.errors.DicomError` naming the file, the tag
+and the fix, never a raw pydicom / numpy / zlib exception. The rule for each kind of damage:
+
+- Image Pixel tags (Rows, Columns, BitsAllocated, ...) missing or invalid, pixel data whose
+  size does not match them, a wrong TransferSyntaxUID: refused (the shape would be a guess).
+- RescaleSlope / RescaleIntercept not a finite number (or a slope of 0): refused, as the
+  pixel values would be meaningless and no honest fallback exists.
+- WindowCenter / WindowWidth not a number, not finite, width <= 0, or blanking the image
+  (e.g. ``WindowWidth=1e308``): the window only shapes the display, so ``voi="auto"`` scales
+  from the data (0.5-99.5 percentiles) with a warning naming the tags; ``voi="window"``
+  refuses.
+- A damaged VOI LUT item (no descriptor, 0 or more than 16 bits): refused, with
+  ``voi="window"`` / ``voi="none"`` as the way around.
+- A damaged element the reader does not need (a private tag, a text field): dropped with a
+  warning. A missing TransferSyntaxUID on uncompressed data: read as parsed, with a warning.
 """
 
 from __future__ import annotations
@@ -534,6 +550,8 @@ def _modality(ds, raw: np.ndarray, path) -> np.ndarray:
     if "ModalityLUTSequence" not in ds:
         for key in ("RescaleSlope", "RescaleIntercept"):
             vals = _tag_floats(ds, key, path)
+            if vals is None and key in ds:
+                raise DicomError(f"{path}: {key} is present but empty. " + _FIX_TAG.format(kw=key))
             if vals is None:
                 continue
             if len(vals) != 1 or not np.isfinite(vals[0]) or (key == "RescaleSlope" and vals[0] == 0):
@@ -668,7 +686,9 @@ def _apply_intensity(ds, raw: np.ndarray, *, voi: str, window_index: int, path) 
             raise DicomError(f"{path} has no WindowCenter / WindowWidth; use voi='auto' or 'none'")
         if window is not None:
             idx, c, w = window
-            function = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR")
+            function = str(getattr(ds, "VOILUTFunction", "LINEAR") or "LINEAR").upper().strip()
+            if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+                function = "LINEAR"  # an unknown term: the default, as when the tag is absent
             arr = arr.astype(np.float64, copy=False)
             problem = _window_problem(arr, c, w, None)
             if problem is None:
@@ -892,7 +912,8 @@ def read(
         for k in ("PatientOrientation", "PatientID", "StudyInstanceUID", "SOPInstanceUID")
         if k in ds
     }
-    meta["BitsStored"] = int(getattr(ds, "BitsStored", 0) or 0)
+    bits_stored = ds.get("BitsStored")
+    meta["BitsStored"] = bits_stored if isinstance(bits_stored, int) else 0
     meta["TransferSyntax"] = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     return MammoImage(
         pixels=pixels,

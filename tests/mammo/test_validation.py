@@ -12,9 +12,11 @@ a nightly run can raise it, e.g. ``BT_FUZZ_EXAMPLES=10000 pytest tests/mammo/tes
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
+import struct
 import warnings
 from pathlib import Path
 
@@ -376,7 +378,70 @@ def test_fuzz_reader_raises_only_package_errors(fuzz_sources, tmp_path_factory, 
         px = img.pixels
         assert px.ndim == 2 and px.dtype == np.float32
         assert np.isfinite(px).all() and px.min() >= 0.0 and px.max() <= 1.0
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        assert px.shape == (ds.Rows, ds.Columns)
+        ds = pydicom.dcmread(path)  # read whole, as read() does (a fake early PixelData tag
+        assert px.shape == (ds.Rows, ds.Columns)  # ends a stop_before_pixels read early)
+
+    check()
+
+
+_NUMBERS = [b"NaN", b"inf", b"-inf", b"1e308", b"-1e308", b"0", b"-1", b"abc", b"", b"1\\2",
+            b"1e-300", b"4096", b"2048", b"  ", b"+", b"1e", b"0x10"]
+_SHORTS = [struct.pack("<H", v) for v in (0, 1, 2, 3, 7, 8, 12, 15, 16, 17, 32, 64, 65535)] + [
+    b"\x01", b"\x01\x00\x00", b""]
+_TAG_VALUES = {
+    "WindowCenter": ("DS", _NUMBERS), "WindowWidth": ("DS", _NUMBERS),
+    "RescaleSlope": ("DS", _NUMBERS), "RescaleIntercept": ("DS", _NUMBERS),
+    "NumberOfFrames": ("IS", [b"0", b"-1", b"2", b"abc", b"99999999", b""]),
+    "Rows": ("US", _SHORTS), "Columns": ("US", _SHORTS), "BitsAllocated": ("US", _SHORTS),
+    "BitsStored": ("US", _SHORTS), "HighBit": ("US", _SHORTS),
+    "PixelRepresentation": ("US", _SHORTS), "SamplesPerPixel": ("US", _SHORTS),
+    "PlanarConfiguration": ("US", _SHORTS),
+    "PhotometricInterpretation": ("CS", [b"MONOCHROME1", b"RGB", b"PALETTE COLOR", b"YBR_FULL",
+                                         b"", b"\xff\xfe"]),
+    "VOILUTFunction": ("CS", [b"SIGMOID", b"LINEAR_EXACT", b"BOGUS", b""]),
+    "PresentationLUTShape": ("CS", [b"INVERSE", b"BOGUS", b""]),
+    "PatientOrientation": ("CS", [b"A\\R", b"P", b"", b"\\\\\\"]),
+    "PixelSpacing": ("DS", _NUMBERS),
+}
+
+
+@st.composite
+def _tag_edits(draw):
+    keys = draw(st.lists(st.sampled_from(sorted(_TAG_VALUES)), min_size=1, max_size=4,
+                         unique=True))
+    return [(k, draw(st.sampled_from(_TAG_VALUES[k][1]))) for k in keys]
+
+
+def test_fuzz_tag_values_give_an_image_or_a_package_error(views, tmp_path_factory):
+    """Nasty values in the tags the reader uses, written raw (pydicom would refuse them)."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    path = tmp_path_factory.mktemp("fuzz_tags") / "edited.dcm"
+    source = views[0].read_bytes()
+
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(_tag_edits())
+    def check(edits):
+        ds = pydicom.dcmread(io.BytesIO(source))  # fresh: Dataset.copy() shares elements
+        for keyword, value in edits:
+            tag, vr = Tag(keyword), _TAG_VALUES[keyword][0]
+            if vr != "US" and len(value) % 2:
+                value += b" "  # text values are padded to even length
+            ds._dict[tag] = RawDataElement(tag, vr, len(value), value, 0, False, True)
+        ds.save_as(path, enforce_file_format=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                img = read(path)
+            except BiomedToolkitError:
+                return
+        px = img.pixels
+        assert px.shape == (96, 80) and np.isfinite(px).all()
+        assert px.min() >= 0.0 and px.max() <= 1.0
+        # Never a blank image from varied pixels: at least one grey level of 256 (the window may
+        # legitimately be dark, e.g. BitsStored 7 under a 12-bit window).
+        assert px.max() - px.min() >= 1 / 256, (edits, img.voi)
 
     check()
