@@ -187,7 +187,14 @@ def _embedded_specs() -> dict[str, ModelSpec]:
     if not EMBEDDED_DIR.is_dir():
         return specs
     for manifest in sorted(EMBEDDED_DIR.glob(f"*/{MANIFEST}")):
-        data = json.loads(manifest.read_text())
+        try:
+            data = json.loads(manifest.read_text())
+            if not isinstance(data, dict) or not {"name", "family"} <= data.keys():
+                raise ValueError("expected an object with 'name' and 'family'")
+        except (OSError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
+            raise CheckpointError(
+                f"{manifest} is not a readable model manifest ({type(exc).__name__}: {exc}); the "
+                "install is damaged: reinstall biomed_toolkit") from None
         specs[data["name"]] = ModelSpec(
             name=data["name"],
             family=data["family"],
@@ -289,8 +296,13 @@ def write_manifest(
     if st.exists():
         from safetensors import safe_open
 
-        with safe_open(str(st), "pt") as handle:
-            params = int(sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys()))
+        try:
+            with safe_open(str(st), "pt") as handle:
+                params = int(sum(_numel(handle.get_slice(k).get_shape()) for k in handle.keys()))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: all "not readable"
+            raise CheckpointError(
+                f"{st} is not a readable safetensors file ({type(exc).__name__}: {exc}); write "
+                "it again with save_pretrained before making the manifest") from exc
     data = {"name": name, "family": family, "task": task, "description": description,
             "default": default, "parameters": params, "sha256": hashes, **extra}
     (folder / MANIFEST).write_text(json.dumps(data, indent=2) + "\n")
@@ -308,7 +320,12 @@ def verify_embedded(spec: ModelSpec) -> None:
     """Check an embedded model's files against the sha256 in its manifest."""
     assert spec.path is not None
     for rel, expected in spec.sha256.items():
-        actual = sha256_file(spec.path / rel)
+        try:
+            actual = sha256_file(spec.path / rel)
+        except OSError as exc:
+            raise CheckpointError(
+                f"embedded model {spec.name!r}: {spec.path / rel} cannot be read ({exc}); the "
+                "install is corrupt: reinstall biomed_toolkit") from None
         if actual != expected:
             raise CheckpointError(
                 f"embedded model {spec.name!r}: {rel} has sha256 {actual[:12]}..., the manifest "

@@ -75,6 +75,34 @@ def _resolve_pooling(model: BmfmRnaModel, pooling: str) -> str:
     return pooling
 
 
+def check_batch_size(batch_size: int | str, *, allow_auto: bool = True) -> int | str:
+    """``batch_size`` as given when it is a positive int (or ``"auto"`` where allowed).
+
+    Raises
+    ------
+    InputError
+        For a bool, a float, zero, a negative number or any other string: these would give
+        NaN outputs (-1) or a raw ``range()`` / ``int()`` error deep inside inference.
+    """
+    if allow_auto and isinstance(batch_size, str) and batch_size == "auto":
+        return batch_size
+    ok = isinstance(batch_size, (int, np.integer)) and not isinstance(batch_size, (bool, np.bool_))
+    if not ok or int(batch_size) < 1:
+        allowed = "a positive integer or 'auto'" if allow_auto else "a positive integer"
+        raise InputError(
+            f"batch_size must be {allowed} (cells per forward pass), got {batch_size!r}; "
+            f"e.g. batch_size=32" + (" or leave the default 'auto'" if allow_auto else "")
+        )
+    return int(batch_size)
+
+
+def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
+    """Refuse a non-integer or too small ``name`` option before any cell is read."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or int(value) < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def _plan_batches(lengths: np.ndarray, max_length: int, batch_size: int | str, n_heads: int) -> list[tuple[int, np.ndarray]]:
     """Group cells by padded length (a function of the cell only) into batches."""
     padded = np.minimum(((lengths + _BUCKET - 1) // _BUCKET) * _BUCKET, max_length)
@@ -154,6 +182,10 @@ def run_inference(
 
     from biomed_toolkit.core.progress import progress as pbar
 
+    batch_size = check_batch_size(batch_size)
+    # CLS + SEP + at least one gene
+    _check_positive_int(max_length, "max_length", minimum=3)
+    _check_positive_int(chunk_size, "chunk_size")
     cfg = model.config
     pooling = _resolve_pooling(model, pooling) if embeddings else None
     if labels is True:

@@ -59,10 +59,18 @@ def n_rows(matrix: CountMatrix) -> int:
     return int(matrix.shape[0])
 
 
-def to_csr(block: CountMatrix) -> sp.csr_matrix:
+def to_csr(block: CountMatrix, *, where: str = "the count matrix") -> sp.csr_matrix:
     """A CSR matrix with sorted indices for a block read from any matrix-like object.
 
-    Never modifies ``block``: a copy is made when indices need sorting.
+    Never modifies ``block``: a copy is made when indices need sorting. float16 values (which
+    scipy.sparse cannot hold) are cast to float32, exactly; an object array is cast to float64
+    when every value is a number.
+
+    Raises
+    ------
+    InputError
+        For an array that is not 2-D, or an object array with non-numeric values (named by
+        ``where``).
     """
     if sp.issparse(block):
         csr = block.tocsr() if block.format != "csr" else block
@@ -73,6 +81,17 @@ def to_csr(block: CountMatrix) -> sp.csr_matrix:
     arr = np.asarray(block)
     if arr.ndim != 2:
         raise InputError(f"expected a 2-D cells x genes matrix, got shape {arr.shape}")
+    if arr.dtype == np.float16:
+        arr = arr.astype(np.float32)  # every float16 value is exact in float32
+    elif arr.dtype.kind in "OUS":
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise InputError(
+                f"{where} has dtype {arr.dtype} with values that are not numbers ({exc}); "
+                "BMFM-RNA needs raw counts: store them as numbers, e.g. "
+                "adata.X = adata.X.astype('float32') after fixing the non-numeric entries"
+            ) from None
     return sp.csr_matrix(arr)
 
 
@@ -81,6 +100,7 @@ def check_counts(
 ) -> None:
     """Raise :class:`InputError` unless ``data`` (stored values) looks like raw counts.
 
+    Booleans and other non-number dtypes are always rejected (True/False are not counts),
     NaN/inf are always rejected, negative values always rejected, non-integers rejected unless
     ``allow_non_integer=True`` (for counts-like data such as rounded TPM or ambient-corrected
     counts).
@@ -90,6 +110,17 @@ def check_counts(
     >>> check_counts(np.array([1.0, 3.0]))
     >>> check_counts(np.array([0.5]), allow_non_integer=True)
     """
+    if data.dtype.kind == "b":
+        raise InputError(
+            f"{where} holds booleans (True/False), not counts: BMFM-RNA needs raw counts. Pass the "
+            "counts layer (layer='counts' or adata.raw.to_adata()), or cast with "
+            "adata.X = adata.X.astype('float32') if the values really are 0/1 counts"
+        )
+    if data.dtype.kind not in "iuf":
+        raise InputError(
+            f"{where} has dtype {data.dtype}, not a number type: BMFM-RNA needs raw counts stored "
+            "as integers or floats (e.g. adata.X = adata.X.astype('float32'))"
+        )
     if data.size == 0:
         return
     if data.dtype.kind == "f":
@@ -142,9 +173,10 @@ def iter_csr_chunks(
         # row slicing CSC is quadratic; convert once (in-memory only)
         matrix = matrix.tocsr()
     fast = sp.issparse(matrix) and matrix.format == "csr" and matrix.has_sorted_indices
+    where = "adata.X" if layer is None else f"adata.layers[{layer!r}]"
     for lo in range(start, stop, max(1, int(chunk_size))):
         hi = min(lo + int(chunk_size), stop)
-        yield lo, (row_block(matrix, lo, hi) if fast else to_csr(matrix[lo:hi]))
+        yield lo, (row_block(matrix, lo, hi) if fast else to_csr(matrix[lo:hi], where=where))
 
 
 def row_block(csr: sp.csr_matrix, lo: int, hi: int) -> sp.csr_matrix:

@@ -2,11 +2,14 @@
 
 All tools take keyword-only options, write ``key_added`` fields, record their parameters (and the
 model card and gene-match report when a model is used) in ``uns[key_added]``, return None with
-``copy=False`` and a new AnnData with ``copy=True`` (the input is then left alone).
+``copy=False`` and a new AnnData with ``copy=True`` (the input is then left alone). Options are
+checked before any cell is read, and every field is written only once the whole call has
+succeeded: a call that fails leaves ``adata`` as it was.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,9 +17,12 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.log import get_logger, timed
+from .inference import check_batch_size
 from .metrics import get_rep
 from .plotting import UNASSIGNED
-from .training import calibrated_probabilities, finetune
+from .tokenize import warn_low_coverage
+from .training import calibrated_probabilities
+from .training import finetune as _finetune
 
 if TYPE_CHECKING:  # pragma: no cover
     import os
@@ -42,6 +48,42 @@ def _target(adata: AnnData, copy: bool) -> AnnData:
             return adata.to_memory()
         return adata.copy()
     return adata
+
+
+def _check_target(adata: AnnData, copy: bool) -> None:
+    """Refuse, before any work, a target the results could not be written into."""
+    if not copy and adata.is_view and adata.isbacked:
+        raise InputError(
+            "adata is a view of a backed (on-disk) AnnData, which cannot take new fields: pass "
+            "copy=True to get an in-memory AnnData with the results, or load the cells first "
+            "with adata = adata.to_memory()"
+        )
+
+
+_MISSING = object()
+
+
+def _commit(out: AnnData, *, obs: dict[str, Any] | None = None,
+            obsm: dict[str, np.ndarray] | None = None, uns: dict[str, Any] | None = None) -> None:
+    """Write every result field into ``out``; if any write fails, put the earlier fields back.
+
+    Called once per tool, after everything was computed, so a failing call changes nothing.
+    """
+    saved: list[tuple[str, str, Any]] = []
+    try:
+        for attr, fields in (("obs", obs), ("obsm", obsm), ("uns", uns)):
+            for key, value in (fields or {}).items():
+                store = getattr(out, attr)
+                saved.append((attr, key, store.get(key, _MISSING)))
+                store[key] = value
+    except BaseException:
+        for attr, key, old in reversed(saved):
+            store = getattr(out, attr)
+            if old is not _MISSING:
+                store[key] = old
+            elif key in store:
+                del store[key]
+        raise
 
 
 def _plain(value: Any) -> Any:
@@ -135,6 +177,9 @@ def reference_map(
         raise InputError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
     if not 0.0 <= min_confidence <= 1.0:
         raise InputError(f"min_confidence must lie in [0, 1], got {min_confidence}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InputError(f"k (neighbours that vote) must be a positive integer, got {k!r}")
+    _check_target(adata_query, copy)
     key_added = key_added or f"{label_key}_ref"
     xq = get_rep(adata_query, use_rep)
     xr = get_rep(adata_ref, use_rep)
@@ -167,12 +212,13 @@ def reference_map(
         labels = classes[best].astype(object)
         labels[conf < min_confidence] = UNASSIGNED
         cats = list(classes) + ([UNASSIGNED] if (conf < min_confidence).any() else [])
-        out.obs[key_added] = pd.Categorical(labels, categories=cats)
-        out.obs[f"{key_added}_confidence"] = conf.astype(np.float32)
-        out.uns[key_added] = _plain({
-            "params": {"label_key": label_key, "use_rep": use_rep, "k": k, "metric": metric,
-                       "min_confidence": float(min_confidence), "n_ref": int(len(ref_labels))},
-        })
+        _commit(out, obs={key_added: pd.Categorical(labels, categories=cats),
+                          f"{key_added}_confidence": conf.astype(np.float32)},
+                uns={key_added: _plain({
+                    "params": {"label_key": label_key, "use_rep": use_rep, "k": k,
+                               "metric": metric, "min_confidence": float(min_confidence),
+                               "n_ref": int(len(ref_labels))},
+                })})
         t.add(f"{key_added!r}, transferred label (adata.obs)")
         t.add(f"'{key_added}_confidence', vote share (adata.obs)")
         t.add(f"{key_added!r}, parameters (adata.uns)")
@@ -412,19 +458,22 @@ def embed(
     >>> bt.tl.embed(adata)  # doctest: +SKIP
     >>> adata.obsm["X_bmfm"].shape  # doctest: +SKIP
     """
+    check_batch_size(batch_size)
+    _check_target(adata, copy)
     model = _model(model)
-    out = _target(adata, copy)
     with timed(log, f"embedding {adata.n_obs:,} cells") as t:
         res = _infer(model, adata, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                      strategy=strategy, embeddings=True, labels=False, pooling=pooling,
                      max_length=max_length, batch_size=batch_size, seed=seed, layer=layer,
                      gene_symbols=gene_symbols, progress=progress)
-        out.obsm[key_added] = res.embeddings
+        warn_low_coverage(res.report)
         params = {"pooling": res.pooling or pooling, "max_length": max_length,
                   "batch_size": str(batch_size), "seed": seed, "layer": layer,
                   "gene_symbols": gene_symbols, "n_cells": int(adata.n_obs),
                   "n_empty_cells": int(np.asarray(res.empty).sum()) if res.empty is not None else 0}
-        out.uns[key_added] = _provenance(model, params, res.report)
+        out = _target(adata, copy)
+        _commit(out, obsm={key_added: res.embeddings},
+                uns={key_added: _provenance(model, params, res.report)})
         t.add(f"{key_added!r}, cell embeddings (adata.obsm)")
         t.add(f"{key_added!r}, parameters, model card and gene match (adata.uns)")
     return out if copy else None
@@ -549,6 +598,10 @@ def annotate(
         )
     if not 0.0 <= min_confidence <= 1.0:
         raise InputError(f"min_confidence must lie in [0, 1], got {min_confidence}")
+    if not 0.0 <= min_prop <= 1.0:
+        raise InputError(f"min_prop must lie in [0, 1], got {min_prop}")
+    check_batch_size(batch_size)
+    _check_target(adata, copy)
     clusters = None
     if majority_voting and over_clustering is not None:
         if isinstance(over_clustering, str):
@@ -562,12 +615,12 @@ def annotate(
     if use_rep is None and "X_bmfm" in adata.obsm:
         use_rep = "X_bmfm"
     need_emb = majority_voting and clusters is None and use_rep is None
-    out = _target(adata, copy)
     with timed(log, f"annotating {adata.n_obs:,} cells with label head {label!r}") as t:
         res = _infer(model, adata, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                      strategy=strategy, embeddings=need_emb, labels=[label],
                      max_length=max_length, batch_size=batch_size, seed=seed, layer=layer,
                      gene_symbols=gene_symbols, progress=progress)
+        warn_low_coverage(res.report)
         # the fine-tuned head's expression path and temperature (see training.finetune)
         probs = calibrated_probabilities(model, label, res.label_probabilities[label], adata,
                                          res.report.column_token_ids, layer=layer)
@@ -581,10 +634,10 @@ def annotate(
         lab = raw.copy()
         lab[conf < min_confidence] = UNASSIGNED
         cats = list(dict.fromkeys([*classes.tolist(), UNASSIGNED]))
-        out.obs[key_added] = pd.Categorical(lab, categories=cats)
-        out.obs[f"{key_added}_confidence"] = conf
-        out.obs[f"{key_added}_raw"] = pd.Categorical(raw, categories=cats)
-        out.obsm[f"{key_added}_probabilities"] = np.nan_to_num(probs).astype(np.float32)
+        obs: dict[str, Any] = {key_added: pd.Categorical(lab, categories=cats),
+                               f"{key_added}_confidence": conf,
+                               f"{key_added}_raw": pd.Categorical(raw, categories=cats)}
+        obsm = {f"{key_added}_probabilities": np.nan_to_num(probs).astype(np.float32)}
         for f in (key_added, f"{key_added}_confidence", f"{key_added}_raw"):
             t.add(f"{f!r} (adata.obs)")
         t.add(f"'{key_added}_probabilities' (adata.obsm)")
@@ -598,23 +651,39 @@ def annotate(
                 ok = ~np.isnan(x).any(axis=1)
                 resolution = _default_resolution(adata.n_obs)
                 clusters = np.full(adata.n_obs, "empty", dtype=object)
-                clusters[ok] = leiden_labels(knn_graph(x[ok], n_neighbors=15, seed=seed),
-                                             resolution, seed=seed)
+                if ok.sum() >= 2:
+                    clusters[ok] = leiden_labels(knn_graph(x[ok], n_neighbors=15, seed=seed),
+                                                 resolution, seed=seed)
+                else:  # one cell has no neighbours: it is its own cluster (vote = its label)
+                    clusters[ok] = "0"
                 params.update({"over_clustering": f"leiden on {use_rep or 'model embedding'}",
                                "resolution": resolution})
             else:
                 params["over_clustering"] = (over_clustering if isinstance(over_clustering, str)
                                              else "array")
             voted = majority_vote(lab, clusters, min_prop=min_prop)
-            out.obs[f"{key_added}_over_clustering"] = pd.Categorical(clusters)
+            obs[f"{key_added}_over_clustering"] = pd.Categorical(clusters)
             vcats = list(dict.fromkeys([*cats, *sorted(set(voted))]))
-            out.obs[f"{key_added}_majority_voting"] = pd.Categorical(voted, categories=vcats)
+            obs[f"{key_added}_majority_voting"] = pd.Categorical(voted, categories=vcats)
             params["min_prop"] = float(min_prop)
             t.add(f"'{key_added}_over_clustering', '{key_added}_majority_voting' (adata.obs)")
         rec = _provenance(model, params, res.report)
         rec["classes"] = np.asarray(classes.tolist(), dtype=object)
-        out.uns[key_added] = rec
+        out = _target(adata, copy)
+        _commit(out, obs=obs, obsm=obsm, uns={key_added: rec})
         t.add(f"{key_added!r}, parameters, classes, model card and gene match (adata.uns)")
         n_un = int((lab == UNASSIGNED).sum())
         log.info(f"    {n_un:,} of {len(lab):,} cells Unassigned at min_confidence={min_confidence}")
     return out if copy else None
+
+
+# --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+@functools.wraps(_finetune)
+def finetune(adata: AnnData, label_key: str, model: BmfmRnaModel | str | None = None,
+             **kwargs: Any) -> BmfmRnaModel:
+    # checked here, before the model is copied and the counts read: a bad batch_size otherwise
+    # fails deep inside the recipe (ZeroDivisionError, TypeError, a raw torch ValueError)
+    check_batch_size(kwargs.get("batch_size", 32), allow_auto=False)
+    return _finetune(adata, label_key, model, **kwargs)

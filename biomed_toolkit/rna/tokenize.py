@@ -494,13 +494,17 @@ def match_genes(
     allow_non_integer: bool = False,
     chunk_size: int = 8192,
     log_summary: bool = True,
+    ignore_case: bool = True,
 ) -> GeneMatchReport:
     """Match the genes of ``adata`` to a model vocabulary.
 
-    Symbols match exactly (case-sensitive, like the official WordLevel tokenizer). Ensembl ids
-    (``ENSG...``, with or without version) are mapped to symbols first. With
-    ``limit_genes="protein_coding"`` (the official inference default) only HGNC protein-coding
-    genes are kept. When several columns map to one token, the first is kept.
+    Symbols match exactly first (case-sensitive, like the official WordLevel tokenizer); names
+    left unmatched then match ignoring case (``Cd3e`` -> ``CD3E``, logged as a warning) unless
+    ``ignore_case=False``. Ensembl ids (``ENSG...``, with or without version) are mapped to
+    symbols first. With ``limit_genes="protein_coding"`` (the official inference default) only
+    HGNC protein-coding genes are kept. When several columns map to one token, the first is kept
+    (an exact match always wins over a case-insensitive one). When the kept genes carry less than
+    half of the counts, a warning says so (log and :class:`UserWarning`).
 
     Parameters
     ----------
@@ -520,6 +524,9 @@ def match_genes(
         Scan the counts once (chunked) for the fraction of counts covered and empty cells.
     allow_non_integer
         Accept non-integer counts-like values during that scan.
+    ignore_case
+        Match names left unmatched by the exact pass ignoring case (a vocabulary gene that
+        differs from another only by case is never matched this way).
 
     Returns
     -------
@@ -553,6 +560,28 @@ def match_genes(
                 symbols[i] = sym
                 n_ens += 1
     ids = tok.gene_ids(symbols)
+    n_case = 0
+    if ignore_case and (ids < 0).any():
+        by_upper: dict[str, str | None] = {}
+        for g in tok.genes:
+            # None marks an upper-case form shared by two vocabulary genes: ambiguous
+            by_upper[g.upper()] = None if g.upper() in by_upper else g
+        taken = set(ids[ids >= 0].tolist())
+        examples = []
+        for i in np.flatnonzero(ids < 0):
+            gene = by_upper.get(symbols[i].upper())
+            tid = -1 if gene is None else int(tok.gene_ids([gene])[0])
+            if tid < 0 or tid in taken:
+                continue
+            symbols[i], ids[i] = gene, tid
+            n_case += 1
+            if len(examples) < 3:
+                examples.append(f"{names[i]} -> {gene}")
+        if n_case:
+            log.warning(
+                f"{n_case:,} of {len(names):,} genes in {source} match the model vocabulary only "
+                f"when ignoring case (e.g. {', '.join(examples)}). If this is not human data, map "
+                "the genes to human orthologs first; pass ignore_case=False to match exactly")
     unmatched = [names[i] for i in np.flatnonzero(ids < 0)]
     not_pc: list[str] = []
     if limit_genes == "protein_coding":
@@ -570,8 +599,8 @@ def match_genes(
         dup = [names[i] for i in valid[later]]
         ids[valid[later]] = -1
     matched = [names[i] for i in np.flatnonzero(ids >= 0)]
-    hits = 0
-    if unmatched:
+    hits = n_case
+    if unmatched and not ignore_case:
         upper = {g.upper() for g in tok._gene_index}
         hits = sum(1 for i in np.flatnonzero(tok.gene_ids(symbols) < 0) if symbols[i].upper() in upper)
     report = GeneMatchReport(
@@ -597,7 +626,32 @@ def match_genes(
                         chunk_size=chunk_size)
     if log_summary:
         log.info(report.summary())
+        warn_low_coverage(report)
     return report
+
+
+#: Share of the counts below which the matched genes are reported as too few.
+LOW_COVERAGE = 0.5
+
+
+def warn_low_coverage(report: GeneMatchReport, *, threshold: float = LOW_COVERAGE) -> bool:
+    """Warn (log and :class:`UserWarning`) when the matched genes carry < ``threshold`` of the counts.
+
+    Returns whether it warned; a report without computed coverage never warns.
+    """
+    import warnings
+
+    cov = report.fraction_counts_covered
+    if cov is None or cov >= threshold:
+        return False
+    msg = (f"the {report.n_matched:,} genes of {report.gene_source} matched to the model (of "
+           f"{report.n_genes:,}) carry only {100 * cov:.1f}% of the counts, so results rest on a "
+           "small part of each cell. Check that the names are human gene symbols (or pass "
+           "gene_symbols='<adata.var column with symbols>'), map other species to human "
+           "orthologs, and see report.unmatched for the genes left out")
+    log.warning(msg)
+    warnings.warn(msg, UserWarning, stacklevel=3)
+    return True
 
 
 class _CoverageAccumulator:

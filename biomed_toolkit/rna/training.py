@@ -63,10 +63,32 @@ MIN_VAL_PER_CLASS = 5
 # labels
 # --------------------------------------------------------------------------------------------
 def label_codes(adata: AnnData, key: str, what: str) -> tuple[np.ndarray, list[str]]:
-    """Integer codes of ``obs[key]`` (-100 where missing) and the class names, sorted."""
+    """Integer codes of ``obs[key]`` (-100 where missing) and the class names, sorted.
+
+    Raises
+    ------
+    InputError
+        For a missing column, fewer than two classes, or a column that looks continuous rather
+        than categorical: floats with non-integer values, or more classes than half the labelled
+        cells (a classification head would get about one cell per class).
+    """
     if key not in adata.obs:
         raise InputError(f"{what} {key!r} not in adata.obs (columns: {list(adata.obs.columns)})")
     col = adata.obs[key]
+    values = col.dropna()
+    n_distinct = int(values.nunique())
+    fix = (f"bin it into classes first (e.g. adata.obs['{key}_bin'] = pd.cut(adata.obs[{key!r}], "
+           "bins=5)) or pass a categorical column")
+    frac = values[values != np.round(values)] if col.dtype.kind == "f" else values[:0]
+    if len(frac):
+        raise InputError(
+            f"{what} adata.obs[{key!r}] holds continuous values ({col.dtype}, {n_distinct:,} "
+            f"distinct, e.g. {float(frac.iloc[0]):.4g}), which cannot be class labels: {fix}")
+    if n_distinct > max(2, len(values) // 2):
+        raise InputError(
+            f"{what} adata.obs[{key!r}] has {n_distinct:,} distinct values on {len(values):,} "
+            "labelled cells (more classes than half the cells), so it is not a categorical label "
+            f"to learn: {fix}, or merge rare classes")
     if isinstance(col.dtype, pd.CategoricalDtype):
         classes = [str(c) for c in col.cat.categories if (col == c).any()]
     else:
