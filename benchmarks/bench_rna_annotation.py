@@ -143,6 +143,14 @@ def score(truth, classes, probs):
     return out
 
 
+def _ece_at(truth, classes, probs, temperature):
+    """ECE of ``softmax(temperature * log probs)``: undoes a fitted temperature."""
+    z = temperature * np.log(np.clip(probs, 1e-30, None))
+    z -= z.max(axis=1, keepdims=True)
+    q = np.exp(z)
+    return score(truth, classes, q / q.sum(axis=1, keepdims=True))["ece"]
+
+
 def draw(y_pool, n, seed):
     """Stratified draw of ``n`` of the pool (every class kept with at least one cell)."""
     from sklearn.model_selection import train_test_split
@@ -207,8 +215,11 @@ def run(args) -> pd.DataFrame:
                             kw.update(overrides)
                             classes, p, ft = finetuned(bt, model, adata[tr].copy(),
                                                        adata[te].copy(), seed, **kw)
+                            t_fit = float(ft.recipe["temperature"])
                             extra = {"steps": ft.recipe["global_step"],
-                                     "temperature": ft.recipe["temperature"],
+                                     "temperature": t_fit,
+                                     # the same model before calibration (T = 1): p ~ softmax(T log p)
+                                     "ece_uncalibrated": _ece_at(y[te], classes, p, t_fit),
                                      "non_default": json.dumps(overrides) if overrides else ""}
                         secs = time.perf_counter() - t
                     row = {"dataset": name, "n_train": len(tr), "seed": seed,

@@ -27,6 +27,7 @@ Pooling = Literal["first_token", "pooler", "mean"]
 _VARIANTS: tuple[str, ...] = Variant.__args__
 _ENCODERS: tuple[str, ...] = ExpressionEncoder.__args__
 _POOLINGS: tuple[str, ...] = Pooling.__args__
+_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "relu")
 _MLM_MODES = ("token_scores", "regression", "is_zero")
 
 
@@ -109,6 +110,9 @@ class BmfmRnaConfig(BaseConfig):
             )
         if self.pooling not in _POOLINGS:
             raise CheckpointError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
+        if self.hidden_act not in _ACTIVATIONS:
+            raise CheckpointError(
+                f"hidden_act {self.hidden_act!r} is not supported ({', '.join(_ACTIVATIONS)})")
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointError("hidden_size must be a multiple of num_attention_heads")
         self.label_columns = [

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from biomed_toolkit.core.errors import CheckpointError
+from biomed_toolkit.core.errors import CheckpointError, InputError
 from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.model import CONFIG_NAME, WEIGHTS_NAME
 from biomed_toolkit.core.safe_pickle import PlainConfig
@@ -202,6 +202,34 @@ def _attach_tokenizer(model: BmfmRnaModel, tok: GeneTokenizer, where: Path) -> N
     model.tokenizer = tok
 
 
+def _read_tokenizer(folder: Path) -> GeneTokenizer:
+    """The tokenizer of ``folder``; damaged tokenizer files raise CheckpointError naming them."""
+    try:
+        return GeneTokenizer.from_pretrained(folder)
+    except (InputError, CheckpointError):
+        raise
+    except Exception as exc:  # the tokenizers library raises plain Exception on a damaged file
+        raise CheckpointError(
+            f"{folder / 'tokenizers'}: the tokenizer files cannot be read ({type(exc).__name__}: "
+            f"{exc}); restore them from the original model") from exc
+
+
+def _read_label_dict(path: Path) -> dict[str, dict[str, int]]:
+    """``label_dict.json``: ``{label: {class name: index}}``, checked."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON ({exc}); restore the file from the "
+                              "original model") from None
+    ok = isinstance(data, Mapping) and all(
+        isinstance(v, Mapping) and all(isinstance(i, int) and not isinstance(i, bool) for i in v.values())
+        for v in data.values())
+    if not ok:
+        raise CheckpointError(f"{path} must map each label to {{class name: index}}; restore the "
+                              "file from the original model")
+    return data
+
+
 def _set_label_dict(model: BmfmRnaModel, label_dict: Mapping[str, Mapping[str, int]] | None) -> None:
     model.label_dict = {k: {str(n): int(i) for n, i in v.items()} for k, v in (label_dict or {}).items()}
 
@@ -215,7 +243,7 @@ def _official_model(cls: type[BmfmRnaModel], cfg: BmfmRnaConfig, state_dict: Map
 
     model = cls(cfg)
     model.load_weights(official_state_dict(state_dict), source=str(weights))
-    _attach_tokenizer(model, GeneTokenizer.from_pretrained(tokenizers), tokenizers)
+    _attach_tokenizer(model, _read_tokenizer(tokenizers), tokenizers)
     _set_label_dict(model, label_dict)
     where = weights if weights.suffix == ".ckpt" else tokenizers
     model.card = hub.make_card(resolved.name, cls.family, resolved.source, where,
@@ -300,9 +328,9 @@ def load_official(cls: type[BmfmRnaModel], path: Path, resolved: ResolvedModel) 
 
 def read_extras(model: BmfmRnaModel, folder: Path) -> None:
     """What :func:`write_extras` wrote beside the weights of our own folder."""
-    _attach_tokenizer(model, GeneTokenizer.from_pretrained(folder), folder)
+    _attach_tokenizer(model, _read_tokenizer(folder), folder)
     path = folder / LABEL_DICT_NAME
-    _set_label_dict(model, json.loads(path.read_text()) if path.is_file() else {})
+    _set_label_dict(model, _read_label_dict(path) if path.is_file() else {})
     if any(p.name != WEIGHTS_NAME for p in folder.glob("*.safetensors")):
         # fine-tuned label heads' extras (rna.training; imported only when present: Lightning)
         from .training import load_label_extras

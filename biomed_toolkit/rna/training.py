@@ -19,7 +19,11 @@ about it:
   only has to add to it (LP-FT).
 * **Rare types.** The focal loss is weighted by inverse class frequency (``class_weights``).
 * **Confidence.** A temperature fitted on the validation cells after training makes
-  ``annotate``'s probabilities calibrated (stored with the model).
+  ``annotate``'s probabilities calibrated (stored with the model) when there are enough of them
+  (``MIN_CALIBRATION_CELLS``). On ten validation cells one confident mistake drives the fitted
+  temperature to ~2.8 and the held-out ECE from 0.06 (the model's own probabilities) to 0.28
+  (pbmc68k, 100 training cells), so below that size the model's probabilities are kept and the
+  log says so.
 
 The expression path and the temperature of each label head live in ``model.label_extras``
 and are written next to the weights (``label_heads.safetensors``) by ``save_pretrained``.
@@ -30,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
@@ -57,6 +61,8 @@ EXTRAS_NAME = "label_heads.safetensors"
 #: validation cells needed before early stopping may end a run (and per class)
 MIN_VAL_CELLS = 100
 MIN_VAL_PER_CLASS = 5
+#: validation cells needed before a fitted temperature replaces the model's own probabilities
+MIN_CALIBRATION_CELLS = 50
 
 
 # --------------------------------------------------------------------------------------------
@@ -597,7 +603,7 @@ def finetune(
     head_init: str = "linear_probe",
     expression_path: bool = True,
     balance_classes: bool = True,
-    calibrate: bool = True,
+    calibrate: bool | Literal["auto"] = "auto",
     gradient_clip_val: float = 1.0,
     layer: str | None = None,
     gene_symbols: str | None = None,
@@ -618,8 +624,9 @@ def finetune(
     Both start from one logistic regression on the training cells (LP-FT), then everything is
     fine-tuned with class-weighted focal loss, gradient clipping, warm-up + cosine decay over a
     budget counted in optimizer steps, and early stopping only on a validation set big enough to
-    mean something. A temperature fitted on the validation cells calibrates the probabilities
-    :func:`~biomed_toolkit.rna.tasks.annotate` reports. The input model is not changed.
+    mean something. A temperature fitted on the validation cells (when there are >= 50 of them)
+    calibrates the probabilities :func:`~biomed_toolkit.rna.tasks.annotate` reports. The input
+    model is not changed.
 
     Parameters
     ----------
@@ -658,7 +665,10 @@ def finetune(
     balance_classes
         Weight the loss by inverse square-root class frequency.
     calibrate
-        Fit a temperature on the validation cells.
+        ``"auto"`` (default): fit a temperature on the validation cells when there are at least
+        ``MIN_CALIBRATION_CELLS`` (50) of them, else keep the model's probabilities (a temperature
+        fitted on a handful of cells does more harm than good); ``True``: always fit; ``False``:
+        never.
     gradient_clip_val
         Gradient-norm clipping.
     layer, gene_symbols
@@ -696,6 +706,8 @@ def finetune(
 
     if head_init not in ("linear_probe", "random"):
         raise InputError(f"head_init must be 'linear_probe' or 'random', got {head_init!r}")
+    if calibrate not in (True, False, "auto"):
+        raise InputError(f"calibrate must be True, False or 'auto', got {calibrate!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     base = _model(model)
@@ -820,7 +832,12 @@ def finetune(
         else:
             trained.label_extras.pop(label_key, None)
         temperature = 1.0
-        if calibrate and len(va):
+        fit_t = bool(len(va)) and (calibrate is True or (
+            calibrate == "auto" and len(va) >= MIN_CALIBRATION_CELLS))
+        if calibrate == "auto" and len(va) and not fit_t:
+            log.info(f"    no temperature fitted: {len(va)} validation cells are too few "
+                     f"(calibration needs >= {MIN_CALIBRATION_CELLS}); probabilities are the model's own")
+        if fit_t:
             res = run_inference(trained, adata[va], embeddings=False, labels=[label_key],
                                 max_length=max_length, layer=layer, gene_symbols=gene_symbols,
                                 progress=False)
@@ -836,7 +853,8 @@ def finetune(
             trained.label_extras[label_key].temperature = temperature
             log.info(f"    temperature {temperature:.3f} fitted on {len(va)} validation cells")
         info = {**recipe.to_dict(), "global_step": int(result.global_step),
-                "temperature": temperature, "expression_path": pw is not None,
+                "temperature": temperature, "temperature_fitted": fit_t,
+                "expression_path": pw is not None,
                 "class_weights": bool(balance_classes), "n_train": int(len(tr)),
                 "n_val": int(len(va))}
         history = result.history

@@ -11,7 +11,7 @@ Nightly size::
     BT_FUZZ_EXAMPLES=10000 python -m pytest tests/core/test_model_files.py -k fuzz
 
 (2,000 examples: safetensors bytes pass; config.json bytes found an unknown ``hidden_act``
-reaching a raw ValueError, kept below as a strict xfail until the config refuses it.)
+reaching a raw ValueError, now refused by ``BmfmRnaConfig``: see the test below.)
 """
 
 from __future__ import annotations
@@ -107,16 +107,29 @@ def test_invalid_json_config_names_the_file(folder, tmp_path):
         _load(d)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="found by the config.json fuzz at 2,000 examples: rna/modeling._act raises "
-                          "a raw ValueError for an unknown hidden_act; BmfmRnaConfig should refuse it "
-                          "(#15). Remove this marker once it does")
 def test_unknown_activation_in_config_is_a_checkpoint_error(folder, tmp_path):
     d = _copy(folder, tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
     cfg["hidden_act"] = "gdlu"
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="hidden_act"):
+        _load(d)
+
+
+@pytest.mark.parametrize("text", ['{"cell_type": ', '[1, 2]', '{"cell_type": {"B": "one"}}'])
+def test_damaged_label_dict_is_a_checkpoint_error(folder, tmp_path, text):
+    d = _copy(folder, tmp_path / "m")
+    (d / "label_dict.json").write_text(text)
+    with pytest.raises(CheckpointError, match="label_dict.json"):
+        _load(d)
+
+
+def test_damaged_tokenizer_file_is_a_checkpoint_error(folder, tmp_path):
+    d = _copy(folder, tmp_path / "m")
+    files = sorted((d / "tokenizers").rglob("tokenizer.json"))
+    assert files, "the saved folder has tokenizer.json files"
+    files[0].write_text('{"model": {"type": "WordLevel", "vocab": ')
+    with pytest.raises(CheckpointError, match="tokenizer"):
         _load(d)
 
 

@@ -62,7 +62,6 @@ def test_splits_keep_groups_apart(freesolv):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="written in the #14 session but not yet seen to pass: the shared machine was too loaded to finish it; run it and drop this mark")
 def test_finetune_learns_well_above_shuffled_labels(freesolv, tmp_path):
     """Held-out (scaffold split) Pearson of a real fit is far above a shuffled-label fit."""
     from biomed_toolkit.mammal import load
@@ -84,7 +83,6 @@ def test_finetune_learns_well_above_shuffled_labels(freesolv, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="written in the #14 session but not yet seen to pass: the shared machine was too loaded to finish it; run it and drop this mark")
 def test_finetune_classification_reports_auroc(freesolv, tmp_path):
     table = freesolv.assign(label=(freesolv.y < freesolv.y.median()).astype(int)).iloc[:240]
     tuned = finetune(_fresh_model(), "molecule_classification", table, split="random", max_epochs=3,
@@ -96,7 +94,6 @@ def test_finetune_classification_reports_auroc(freesolv, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="written in the #14 session but not yet seen to pass: the shared machine was too loaded to finish it; run it and drop this mark")
 def test_finetune_resumes_from_its_checkpoints(freesolv, tmp_path):
     """A second call on the same checkpoint_dir continues where the first stopped."""
     table = freesolv.iloc[:160]

@@ -53,6 +53,7 @@ def test_small_data_finetune_learns_with_defaults(split, tmp_path):
     assert rec["n_val"] == 10 and rec["n_train"] == 92
     # early stopping did not end the run after a handful of steps: the full budget ran
     assert not rec["early_stopping"] and rec["global_step"] == rec["steps"] >= 300
+    assert not rec["temperature_fitted"]  # 10 validation cells: the model's own probabilities
     tasks.annotate(test, model, label="bulk_labels", min_confidence=0.0, max_length=256,
                    progress=False)
     pred = test.obs["bmfm_cell_type"].astype(str).to_numpy()

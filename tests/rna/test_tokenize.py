@@ -154,7 +154,7 @@ def test_no_match_explains_mouse_genes():
     adata = ad.AnnData(sp.csr_matrix(np.ones((2, 2), dtype=np.float32)))
     adata.var_names = ["Cd3e", "Lyz"]
     with pytest.raises(GeneMatchError, match="ignoring case"):
-        rna.match_genes(adata, tok)
+        rna.match_genes(adata, tok, ignore_case=False)
 
 
 def test_tokenizer_save_load_and_vocab_txt(tmp_path, tok):
