@@ -7,7 +7,7 @@ from ._lazy import lazy_exports
 _EXPORTS = {
     "embed": "biomed_toolkit.rna.tasks",
     "annotate": "biomed_toolkit.rna.tasks",
-    "finetune": "biomed_toolkit.rna.tasks",
+    "finetune": "biomed_toolkit.rna.training",
     "reference_map": "biomed_toolkit.rna.tasks",
     "integration_metrics": "biomed_toolkit.rna.metrics",
     "predict_perturbation": "biomed_toolkit.rna.perturbation",

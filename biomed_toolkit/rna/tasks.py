@@ -9,7 +9,6 @@ succeeded: a call that fails leaves ``adata`` as it was.
 
 from __future__ import annotations
 
-import functools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,8 +20,10 @@ from .inference import check_batch_size
 from .metrics import get_rep
 from .plotting import UNASSIGNED
 from .tokenize import warn_low_coverage
-from .training import calibrated_probabilities
-from .training import finetune as _finetune
+from .training import (
+    calibrated_probabilities,
+    finetune,  # noqa: F401  (bt.tl.finetune lives in rna/training.py)
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import os
@@ -675,15 +676,3 @@ def annotate(
         n_un = int((lab == UNASSIGNED).sum())
         log.info(f"    {n_un:,} of {len(lab):,} cells Unassigned at min_confidence={min_confidence}")
     return out if copy else None
-
-
-# --------------------------------------------------------------------------------------------
-# finetune
-# --------------------------------------------------------------------------------------------
-@functools.wraps(_finetune)
-def finetune(adata: AnnData, label_key: str, model: BmfmRnaModel | str | None = None,
-             **kwargs: Any) -> BmfmRnaModel:
-    # checked here, before the model is copied and the counts read: a bad batch_size otherwise
-    # fails deep inside the recipe (ZeroDivisionError, TypeError, a raw torch ValueError)
-    check_batch_size(kwargs.get("batch_size", 32), allow_auto=False)
-    return _finetune(adata, label_key, model, **kwargs)

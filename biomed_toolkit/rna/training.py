@@ -706,6 +706,11 @@ def finetune(
 
     if head_init not in ("linear_probe", "random"):
         raise InputError(f"head_init must be 'linear_probe' or 'random', got {head_init!r}")
+    from .inference import check_batch_size
+
+    # before the model is copied and the counts read: a bad batch_size otherwise fails deep in the
+    # recipe (ZeroDivisionError, TypeError, a raw torch ValueError)
+    check_batch_size(batch_size, allow_auto=False)
     if calibrate not in (True, False, "auto"):
         raise InputError(f"calibrate must be True, False or 'auto', got {calibrate!r}")
     if not 0.0 <= val_fraction < 1.0:
