@@ -29,8 +29,8 @@ Kind = Literal["regression", "classification"]
 
 def morgan(smiles: Sequence[str], n_bits: int = 2048, radius: int = 2) -> np.ndarray:
     """``[n, n_bits]`` Morgan fingerprint bits (a zero row where RDKit cannot parse the SMILES)."""
-    n_bits = int(check_int(n_bits, "n_bits", where="baselines.morgan", example=2048))  # type: ignore[arg-type]
-    radius = int(check_int(radius, "radius", where="baselines.morgan", minimum=0, example=2))  # type: ignore[arg-type]
+    n_bits = check_int(n_bits, "n_bits", where="baselines.morgan", example=2048)
+    radius = check_int(radius, "radius", where="baselines.morgan", minimum=0, example=2)
     from rdkit import Chem
     from rdkit.Chem import rdFingerprintGenerator
 

@@ -304,8 +304,8 @@ class MammalModel(BaseModel):
         """
         from transformers.modeling_outputs import BaseModelOutput
 
-        max_new_tokens = int(check_int(max_new_tokens, "max_new_tokens", where="MammalModel.generate", example=20))  # type: ignore[arg-type]
-        num_beams = int(check_int(num_beams, "num_beams", where="MammalModel.generate", example=1))  # type: ignore[arg-type]
+        max_new_tokens = check_int(max_new_tokens, "max_new_tokens", where="MammalModel.generate", example=20)
+        num_beams = check_int(num_beams, "num_beams", where="MammalModel.generate", example=1)
         was_training = self.training
         self.eval()
         try:

@@ -394,9 +394,10 @@ def _rdkit_parse(smiles: str) -> tuple[Any, str]:
 
 # ----------------------------------------------------------------------------- builders
 
+
 def _max_len(value: object, name: str, builder: str) -> int:
     """A ``@MAX-LEN`` option of a builder: an integer >= 1 (``int("abc")`` would raise raw)."""
-    return int(check_int(value, name, where=f"prompts.{builder}", error=PromptError, example=256))  # type: ignore[arg-type]
+    return check_int(value, name, where=f"prompts.{builder}", error=PromptError, example=256)
 
 
 _PROTEIN = "<MOLECULAR_ENTITY><MOLECULAR_ENTITY_GENERAL_PROTEIN><SEQUENCE_NATURAL_START>{}<SEQUENCE_NATURAL_END>"
@@ -560,8 +561,8 @@ def rank_genes(values: Sequence[float], genes: Sequence[str], *, n_bins: int = 1
     """
     import numpy as np
 
-    n_bins = int(check_int(n_bins, "n_bins", where="prompts.rank_genes", error=PromptError))  # type: ignore[arg-type]
-    max_genes = int(check_int(max_genes, "max_genes", where="prompts.rank_genes", error=PromptError))  # type: ignore[arg-type]
+    n_bins = check_int(n_bins, "n_bins", where="prompts.rank_genes", error=PromptError)
+    max_genes = check_int(max_genes, "max_genes", where="prompts.rank_genes", error=PromptError)
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.shape[0] != len(genes):
         raise PromptError(f"got {v.shape[0]} expression values for {len(genes)} genes")

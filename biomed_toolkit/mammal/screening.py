@@ -79,7 +79,7 @@ class ScreenResult:
         """The ``k`` best-scoring molecules, reading one part at a time (bounded memory)."""
         import pandas as pd
 
-        k = int(check_int(k, "k", where="ScreenResult.top", example=100))  # type: ignore[arg-type]
+        k = check_int(k, "k", where="ScreenResult.top", example=100)
         best: list[pd.DataFrame] = []
         for p in self.parts():
             part = pd.read_parquet(p)
@@ -240,7 +240,7 @@ def screen_file(
     where = "screen_file"
     if prompt_kwargs is not None:
         check_prompt_kwargs(get_task("dti"), prompt_kwargs)
-    chunk_size = int(check_int(chunk_size, "chunk_size", where=where, example=50_000))  # type: ignore[arg-type]
+    chunk_size = check_int(chunk_size, "chunk_size", where=where, example=50_000)
     check_int(batch_size, "batch_size", where=where, example=64)
     check_int(num_workers, "num_workers", where=where, minimum=0, example=0)
     check_int(num_nodes, "num_nodes", where=where, example=1)

@@ -350,7 +350,8 @@ def check_prompt_kwargs(task: Task, kwargs: Mapping[str, Any]) -> dict[str, Any]
     for key, value in out.items():
         if key not in options:
             raise InputError(
-                f"prompt_kwargs: task {task.name!r} has no prompt option {key!r}; its options are {options or 'none'}"
+                f"prompt_kwargs: task {task.name!r} has no prompt option {key!r} (given, or from the model's "
+                f"config.extra['prompt_kwargs']); its options are {options or 'none'}"
             )
         if key.endswith("max_len"):
             out[key] = check_int(value, key, where=f"prompt_kwargs of task {task.name!r}", example=256)
@@ -419,10 +420,10 @@ def predict(
     """
     t = get_task(task)
     where = "mammal.predict"
-    batch_size = check_int(batch_size, "batch_size", where=where, example=32)  # type: ignore[assignment]
-    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", where=where, example=20)  # type: ignore[assignment]
-    num_workers = check_int(num_workers, "num_workers", where=where, minimum=0, example=0)  # type: ignore[assignment]
-    num_nodes = check_int(num_nodes, "num_nodes", where=where, example=1)  # type: ignore[assignment]
+    batch_size = check_int(batch_size, "batch_size", where=where, example=32)
+    max_new_tokens = check_int(max_new_tokens, "max_new_tokens", where=where, example=20)
+    num_workers = check_int(num_workers, "num_workers", where=where, minimum=0, example=0)
+    num_nodes = check_int(num_nodes, "num_nodes", where=where, example=1)
     if model.tokenizer is None:
         raise InputError("the model has no tokenizer; load it from a folder with tokenizer/")
     if t.kind == "regression" and model.scalars_prediction_head is None:
@@ -543,7 +544,7 @@ def virtual_screen(
     where = "virtual_screen"
     smiles = check_list(smiles_list, "smiles_list", where=where, example="CCO")
     top_k = check_int(top_k, "top_k", where=where, allow_none=True, example=50)
-    batch_size = check_int(batch_size, "batch_size", where=where, example=64)  # type: ignore[assignment]
+    batch_size = check_int(batch_size, "batch_size", where=where, example=64)
     prompts.check_protein(target, what="target protein")
     if not smiles:
         raise InputError("virtual_screen: smiles_list is empty; pass at least one SMILES")

@@ -403,9 +403,11 @@ class Tokenizer:
             ``"auto"`` (to ``max_seq_len`` when given, as the official tokenizer does, else to the
             longest prompt), ``"longest"`` or ``"max_length"``.
         strict
-            Raise :class:`PromptError` on unknown special tokens, residues, SMILES characters or
-            genes (naming the token and its character position). ``False`` keeps the official
-            behaviour (unknown -> ``<UNK>``).
+            Raise :class:`PromptError` on unknown special tokens, residues or genes and on SMILES
+            that RDKit cannot parse (naming the token and its position). A valid SMILES with a
+            character the vocabulary lacks (``*``, or ``a`` of ``[Na+]`` in a small vocabulary) is
+            encoded with ``<UNK>`` there, as the official tokenizer does, and reported once.
+            ``False`` keeps the official behaviour throughout (unknown -> ``<UNK>``, no RDKit check).
         scalars
             Values for ``SCALARS_FROM_DICT`` segments: one mapping for all prompts or one per prompt.
 

@@ -373,10 +373,10 @@ def finetune(
     table = _as_table(table, "table")
     val_table = _as_table(val_table, "val_table") if val_table is not None else None
     where = "mammal.finetune"
-    max_epochs = int(check_int(max_epochs, "max_epochs", where=where, example=3))  # type: ignore[arg-type]
-    batch_size = int(check_int(batch_size, "batch_size", where=where, example=16))  # type: ignore[arg-type]
-    lora_rank = int(check_int(lora_rank, "lora_rank", where=where, example=8))  # type: ignore[arg-type]
-    num_nodes = int(check_int(num_nodes, "num_nodes", where=where, example=1))  # type: ignore[arg-type]
+    max_epochs = check_int(max_epochs, "max_epochs", where=where, example=3)
+    batch_size = check_int(batch_size, "batch_size", where=where, example=16)
+    lora_rank = check_int(lora_rank, "lora_rank", where=where, example=8)
+    num_nodes = check_int(num_nodes, "num_nodes", where=where, example=1)
     max_seq_len = check_int(max_seq_len, "max_seq_len", where=where, allow_none=True, example=512)
     learning_rate = check_positive_float(learning_rate, "learning_rate", where=where, allow_none=True)
     seed = check_int(seed, "seed", where=where, minimum=0, allow_none=True, example=0)

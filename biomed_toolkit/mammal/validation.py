@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterable, Mapping
+from typing import Literal, overload
 
 from biomed_toolkit.core.errors import InputError
 
@@ -30,6 +31,20 @@ def short_repr(value: object, limit: int = 40) -> str:
     """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@overload
+def check_int(
+    value: object, name: str, *, where: str, minimum: int = ..., allow_none: Literal[False] = ...,
+    error: type[InputError] = ..., example: int | None = ...,
+) -> int: ...
+
+
+@overload
+def check_int(
+    value: object, name: str, *, where: str, minimum: int = ..., allow_none: bool,
+    error: type[InputError] = ..., example: int | None = ...,
+) -> int | None: ...
 
 
 def check_int(

@@ -160,7 +160,7 @@ class DrugTargetExplorer:
 
         self._model = model
         self._model_error: str | None = None
-        self.batch_size = int(check_int(batch_size, "batch_size", where="DrugTargetExplorer", example=16))  # type: ignore[arg-type]
+        self.batch_size = check_int(batch_size, "batch_size", where="DrugTargetExplorer", example=16)
         self._tasks = _tasks()
         if model is None:  # the embedded demo: load it now to know what it can do
             try:

@@ -234,7 +234,7 @@ def test_predict_refuses_bad_batch_size(demo_model, value):
         ("num_nodes", 0, "num_nodes must be an integer >= 1"),
         ("prompt_kwargs", {"protein_max_len": -3}, "protein_max_len must be an integer >= 1"),
         ("prompt_kwargs", {"protein_max_len": "abc"}, "protein_max_len must be an integer >= 1"),
-        ("prompt_kwargs", {"max_len": 64}, r"no prompt option 'max_len'; its options are \['protein_max_len'"),
+        ("prompt_kwargs", {"max_len": 64}, r"no prompt option 'max_len' \(given, or from the model's config.*its options are \['protein_max_len'"),
         ("prompt_kwargs", 5, "prompt_kwargs must be a dict"),
     ],
 )
