@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from biomed_toolkit.core.errors import PromptError
+from biomed_toolkit.core.errors import CheckpointError, PromptError
 from biomed_toolkit.core.log import get_logger
 
 from .prompts import SCALAR_TYPES, parse
@@ -188,16 +188,35 @@ class Tokenizer:
                 f"no MAMMAL tokenizer in {folder}: config.yaml is missing (expected config.yaml plus "
                 "one tokenizers JSON per sub-tokenizer)"
             )
-        config = yaml.safe_load(cfg_file.read_text())
+        try:
+            config = yaml.safe_load(cfg_file.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:  # tags, syntax, encoding
+            raise CheckpointError(
+                f"{cfg_file} is not a readable tokenizer configuration ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else exc!r}); restore it from the original "
+                "model") from None
+        infos = config.get("tokenizers_info", []) if isinstance(config, dict) else None
+        if not isinstance(infos, list) or not all(
+                isinstance(i, dict) and "name" in i and (i.get("modular_json_path") or i.get("json_path"))
+                for i in infos):
+            raise CheckpointError(
+                f"{cfg_file} must be a mapping whose 'tokenizers_info' lists sub-tokenizers with a "
+                "name and a json_path; restore it from the original model")
         subs = []
-        for info in config.get("tokenizers_info", []):
+        for info in infos:
             # The official loader keeps only the basename of each path and joins it to the folder.
-            fname = os.path.basename(info.get("modular_json_path") or info["json_path"])
+            fname = os.path.basename(str(info.get("modular_json_path") or info["json_path"]))
             file = folder / fname
             if not file.is_file():
                 raise PromptError(f"sub-tokenizer {info['name']}: {fname} is missing from {folder}")
             raw = file.read_text()
-            subs.append(_make_sub(info, fname, raw, HFTokenizer.from_str(raw)))
+            try:
+                hf = HFTokenizer.from_str(raw)
+            except Exception as exc:  # the tokenizers library raises plain Exception
+                raise CheckpointError(
+                    f"{file} is not a readable tokenizer file ({exc}); restore it from the original "
+                    "model") from None
+            subs.append(_make_sub(info, fname, raw, hf))
         return cls(subs, config)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:

@@ -256,3 +256,19 @@ def test_fuzz_config_json_bytes(folder, tmp_path_factory):
         _fuzz_target(folder, work, "config.json", mutation)
 
     check()
+
+
+@pytest.mark.parametrize("text", ["!!python/object/apply:os.system ['echo hi']\n", "a: !foo 1\n",
+                                  "a: [\n", "- 1\n", "tokenizers_info: [{json_path: x.json}]\n"])
+def test_damaged_mammal_tokenizer_yaml_is_a_checkpoint_error(tmp_path, text):
+    """YAML tags, syntax errors and wrong shapes in the MAMMAL tokenizer's config.yaml."""
+    import shutil
+
+    from biomed_toolkit.core import hub
+    from biomed_toolkit.mammal.modeling import MammalModel
+
+    folder = tmp_path / "mammal"
+    shutil.copytree(hub.default_model("mammal").path, folder)
+    (folder / "tokenizer" / "config.yaml").write_text(text)
+    with pytest.raises(CheckpointError, match="config.yaml"):
+        MammalModel.from_pretrained(folder, device="cpu")
