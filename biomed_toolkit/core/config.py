@@ -116,8 +116,10 @@ class BaseConfig:
                     "value in config.json")
         try:
             return cls(**kwargs)
-        except CheckpointError:
-            raise
+        except CheckpointError as exc:  # a family's own range checks: say which file as well
+            if source in str(exc):
+                raise
+            raise CheckpointError(f"{source}: {exc}") from None
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{source}: invalid {cls.__name__} ({exc})") from exc
 
