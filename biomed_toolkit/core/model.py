@@ -206,7 +206,11 @@ class BaseModel(nn.Module):
             raise CheckpointError(
                 f"{path / CONFIG_NAME} is not valid JSON ({exc}); restore the file from the "
                 "original model") from None
-        return isinstance(data, Mapping) and cls.config_class.is_own_format(data)
+        if not isinstance(data, Mapping):  # no family's config.json is a list or a scalar
+            raise CheckpointError(
+                f"{path / CONFIG_NAME} holds a JSON {type(data).__name__}, not an object of settings; "
+                "restore the file from the original model")
+        return cls.config_class.is_own_format(data)
 
     @classmethod
     def _load_own(cls, folder: Path) -> Self:

@@ -96,7 +96,7 @@ def test_malformed_safetensors_names_the_file(folder, tmp_path, case):
 def test_broken_or_non_object_config_json(folder, tmp_path, text):
     d = _copy(folder, tmp_path / "m")
     (d / "config.json").write_bytes(text.encode("utf-8", "surrogateescape"))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="config.json"):  # the file is named
         _load(d)
 
 
