@@ -102,6 +102,19 @@ class BmfmRnaConfig(BaseConfig):
     expression_field: str = "expressions"
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                     "intermediate_size", "expression_hidden_size", "n_cls_tokens", "num_special_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise CheckpointError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
+                raise CheckpointError(f"{name} must lie in [0, 1), got {value!r}")
+        for name in ("layer_norm_eps", "rms_norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not 0.0 < value < 1.0:
+                raise CheckpointError(f"{name} must lie in (0, 1), got {value!r}")
         if self.variant not in _VARIANTS:
             raise CheckpointError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
         if self.expression_encoder not in _ENCODERS:

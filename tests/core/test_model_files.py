@@ -107,6 +107,18 @@ def test_invalid_json_config_names_the_file(folder, tmp_path):
         _load(d)
 
 
+@pytest.mark.parametrize(("key", "value"), [("hidden_size", -32), ("num_hidden_layers", 0),
+                                          ("hidden_dropout_prob", 1.5), ("layer_norm_eps", 0)])
+def test_out_of_range_sizes_in_config_are_checkpoint_errors(folder, tmp_path, key, value):
+    """Found by the config.json fuzz at 10,000 examples: a negative width reached torch."""
+    d = _copy(folder, tmp_path / "m")
+    cfg = json.loads((d / "config.json").read_text())
+    cfg[key] = value
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=key):
+        _load(d)
+
+
 def test_unknown_activation_in_config_is_a_checkpoint_error(folder, tmp_path):
     d = _copy(folder, tmp_path / "m")
     cfg = json.loads((d / "config.json").read_text())
