@@ -228,6 +228,7 @@ def build(args) -> None:
         decode_modes={"expressions": {"wced": {"vocab_field": "genes",
                                                "logit_outputs": ["mse", "is_zero_bce"]}}},
         label_columns=[LabelColumn(LABEL, len(classes))], pooling="first_token",
+        max_length=args.max_length,  # the tools embed at the length the model was trained with
     )
     model = rna.BmfmRnaModel(cfg)
     ident = np.arange(V, dtype=np.int64)

@@ -100,6 +100,8 @@ class BmfmRnaConfig(BaseConfig):
     limit_genes: str | None = "protein_coding"
     gene_field: str = "genes"
     expression_field: str = "expressions"
+    #: tokens per cell the model was trained with; the tools' ``max_length`` default (None: 1024)
+    max_length: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
@@ -107,6 +109,9 @@ class BmfmRnaConfig(BaseConfig):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise CheckpointError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_length is not None and (isinstance(self.max_length, bool)
+                                            or not isinstance(self.max_length, int) or self.max_length < 3):
+            raise CheckpointError(f"max_length must be an integer >= 3 or null, got {self.max_length!r}")
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not 0.0 <= value < 1.0:

@@ -75,6 +75,23 @@ def _resolve_pooling(model: BmfmRnaModel, pooling: str) -> str:
     return pooling
 
 
+#: ``max_length`` of models that do not say which length they were trained with
+DEFAULT_MAX_LENGTH = 1024
+
+
+def default_max_length(model: BmfmRnaModel, max_length: int | None) -> int:
+    """``max_length`` as given, else the model's training length (``config.max_length``), else 1024.
+
+    Examples
+    --------
+    >>> default_max_length(model, None)  # doctest: +SKIP
+    256
+    """
+    if max_length is not None:
+        return max_length
+    return getattr(model.config, "max_length", None) or DEFAULT_MAX_LENGTH
+
+
 def check_batch_size(batch_size: int | str, *, allow_auto: bool = True) -> int | str:
     """``batch_size`` as given when it is a positive int (or ``"auto"`` where allowed).
 
@@ -127,7 +144,7 @@ def run_inference(
     embeddings: bool = True,
     labels: Any = False,
     pooling: str = "auto",
-    max_length: int = 1024,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     order: str = "official",
     seed: int = 0,
@@ -157,7 +174,8 @@ def run_inference(
         ``"auto"`` (the model's default: ``"first_token"`` for WCED checkpoints, ``"pooler"`` for
         MLM ones), ``"first_token"`` (raw CLS state), ``"pooler"`` (tanh pooler) or ``"mean"``.
     max_length
-        Tokens per cell incl. CLS/SEP; cells with more expressed genes are truncated.
+        Tokens per cell incl. CLS/SEP; cells with more expressed genes are truncated. Default:
+        the length the model was trained with (``model.config.max_length``), else 1024.
     batch_size
         Cells per forward pass, or ``"auto"`` (memory-bounded, by padded length).
     order, seed
@@ -183,6 +201,7 @@ def run_inference(
     from biomed_toolkit.core.progress import progress as pbar
 
     batch_size = check_batch_size(batch_size)
+    max_length = default_max_length(model, max_length)
     # CLS + SEP + at least one gene
     _check_positive_int(max_length, "max_length", minimum=3)
     _check_positive_int(chunk_size, "chunk_size")
@@ -277,7 +296,7 @@ def embed_cells(
     adata: Any,
     *,
     pooling: str = "auto",
-    max_length: int = 1024,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     seed: int = 0,
     progress: bool = True,
@@ -326,7 +345,7 @@ def predict_labels(
     adata: Any,
     *,
     labels: Any = True,
-    max_length: int = 1024,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     seed: int = 0,
     progress: bool = True,

@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.log import get_logger, timed
-from .inference import check_batch_size
+from .inference import check_batch_size, default_max_length
 from .metrics import get_rep
 from .plotting import UNASSIGNED
 from .tokenize import warn_low_coverage
@@ -397,7 +397,7 @@ def embed(
     *,
     key_added: str = "X_bmfm",
     pooling: str = "auto",
-    max_length: int = 1024,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     seed: int = 0,
     layer: str | None = None,
@@ -426,6 +426,7 @@ def embed(
         ``"auto"`` (the model's default), ``"first_token"``, ``"pooler"`` or ``"mean"``.
     max_length
         Tokens per cell (CLS + genes + SEP); cells with more expressed genes are truncated.
+        Default: the length the model was trained with (``model.config.max_length``), else 1024.
     batch_size
         Cells per forward pass or ``"auto"`` (memory-bounded).
     seed
@@ -462,6 +463,7 @@ def embed(
     check_batch_size(batch_size)
     _check_target(adata, copy)
     model = _model(model)
+    max_length = default_max_length(model, max_length)
     with timed(log, f"embedding {adata.n_obs:,} cells") as t:
         res = _infer(model, adata, accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                      strategy=strategy, embeddings=True, labels=False, pooling=pooling,
@@ -520,7 +522,7 @@ def annotate(
     over_clustering: str | np.ndarray | None = None,
     min_prop: float = 0.0,
     use_rep: str | None = None,
-    max_length: int = 1024,
+    max_length: int | None = None,
     batch_size: int | str = "auto",
     layer: str | None = None,
     gene_symbols: str | None = None,
@@ -592,6 +594,7 @@ def annotate(
     from .metrics import knn_graph, leiden_labels
 
     model = _model(model)
+    max_length = default_max_length(model, max_length)
     if label not in model.config.label_names:
         raise InputError(
             f"the model has no label head {label!r} (heads: {model.config.label_names}); "

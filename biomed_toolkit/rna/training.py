@@ -596,7 +596,7 @@ def finetune(
     lora_targets: list[str] | None = None,
     freeze: int | str | list[str] | None = None,
     val_fraction: float = 0.1,
-    max_length: int = 1024,
+    max_length: int | None = None,
     gradient_reversal: float = 1.0,
     batch_loss_weight: float = 0.1,
     early_stopping: bool | dict[str, Any] | str = "auto",
@@ -656,7 +656,7 @@ def finetune(
         Stratified share of labelled cells held out for validation, early stopping and the
         temperature (0: none; then no calibration).
     max_length
-        Tokens per cell.
+        Tokens per cell (default: the model's training length ``config.max_length``, else 1024).
     head_init
         ``"linear_probe"`` (LP-FT start) or ``"random"`` (random head; the expression path then
         starts at zero and is used only with ``path_learning_rate > 0``).
@@ -706,7 +706,7 @@ def finetune(
 
     if head_init not in ("linear_probe", "random"):
         raise InputError(f"head_init must be 'linear_probe' or 'random', got {head_init!r}")
-    from .inference import check_batch_size
+    from .inference import check_batch_size, default_max_length
 
     # before the model is copied and the counts read: a bad batch_size otherwise fails deep in the
     # recipe (ZeroDivisionError, TypeError, a raw torch ValueError)
@@ -716,6 +716,7 @@ def finetune(
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     base = _model(model)
+    max_length = default_max_length(base, max_length)
     codes, classes = label_codes(adata, label_key, "label_key")
     heads = [LabelColumn(label_key, len(classes))]
     labels = {label_key: codes}
