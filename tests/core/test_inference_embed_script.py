@@ -25,8 +25,10 @@ SCRIPT = """
     bt.tl.embed(adata, model, **kwargs)
     rank = int(os.environ.get("LOCAL_RANK", 0))
     np.save(f"emb{sys.argv[2]}-rank{rank}.npy", adata.obsm["X_bmfm"])
-    print(json.dumps({"rank": rank, "shape": list(adata.obsm["X_bmfm"].shape),
-                      "gene_match": str(adata.uns["X_bmfm"]["gene_match"])}))
+    # both ranks share stdout: one os.write of a short line is atomic on a pipe (print may split it)
+    line = json.dumps({"rank": rank, "shape": list(adata.obsm["X_bmfm"].shape),
+                       "gene_match": str(adata.uns["X_bmfm"]["gene_match"])})
+    os.write(1, (line + "\\n").encode())
 """
 
 
