@@ -30,3 +30,15 @@ def _quiet_progress():
     settings.progress = False
     yield
     vars(settings).update(saved)
+
+
+@pytest.fixture
+def bt_log(caplog: pytest.LogCaptureFixture):
+    """caplog for the package logger (it does not propagate to the root logger), from INFO up."""
+    import logging
+
+    logger = logging.getLogger("biomed_toolkit")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="biomed_toolkit")
+    yield caplog
+    logger.removeHandler(caplog.handler)

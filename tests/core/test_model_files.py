@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 from biomed_toolkit.core.errors import BiomedToolkitError, CheckpointError
+from tests.fuzzing import mutate
 
 FUZZ_EXAMPLES = int(os.environ.get("BT_FUZZ_EXAMPLES", "300"))
 GENES = ["CD3E", "LYZ", "MS4A1", "NKG7", "GNLY", "CD14"]
@@ -187,22 +188,6 @@ def _mutations(header_len: int | None = None):
     return st.one_of(*kinds)
 
 
-def _mutate(raw: bytes, mutation, header_end: int = 0) -> bytes:
-    kind, arg = mutation
-    if kind in ("flip", "flip_header"):
-        out = bytearray(raw)
-        span = header_end if kind == "flip_header" else len(out)
-        for where, mask in arg:
-            out[int(where * span)] ^= mask
-        return bytes(out)
-    if kind == "truncate":
-        return raw[: int(arg * len(raw))]
-    if kind == "insert":
-        i = int(arg[0] * len(raw))
-        return raw[:i] + arg[1] + raw[i:]
-    return arg
-
-
 def _small_enough(config_bytes: bytes) -> bool:
     """False for a config asking for a network far bigger than the test machine should build.
 
@@ -231,7 +216,7 @@ def _fuzz_target(folder: Path, work: Path, name: str, mutation, header_end: int 
 
     d = _copy(folder, work / "m")
     target = d / name
-    data = _mutate(target.read_bytes(), mutation, header_end)
+    data = mutate(target.read_bytes(), mutation, header_end)
     if name == "config.json":
         assume(_small_enough(data))
     target.write_bytes(data)

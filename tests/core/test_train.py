@@ -13,6 +13,7 @@ import torch
 import biomed_toolkit as bt
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.finetune import apply_lora, freeze_layers
+from tests.fuzzing import mutate
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -182,18 +183,6 @@ def test_cluster_launcher_layout(monkeypatch):
 # ------------------------------------------------------------------------------------------
 # damaged checkpoints, damaged history, bad weights and a NaN loss
 # ------------------------------------------------------------------------------------------
-@pytest.fixture
-def bt_log(caplog):
-    """caplog for the package logger (it does not propagate to the root logger)."""
-    import logging
-
-    logger = logging.getLogger("biomed_toolkit")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="biomed_toolkit")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 EMPTY_REASON = re.compile(r"(?<![\w>])\(\s*\)")  # "checkpoint ()", not "_rebuild_tensor_v2()"
 
 
@@ -398,21 +387,6 @@ def _mutations():
     )
 
 
-def _mutate(raw: bytes, mutation) -> bytes:
-    kind, arg = mutation
-    if kind == "flip":
-        out = bytearray(raw)
-        for where, mask in arg:
-            out[int(where * len(out))] ^= mask
-        return bytes(out)
-    if kind == "truncate":
-        return raw[: int(arg * len(raw))]
-    if kind == "insert":
-        i = int(arg[0] * len(raw))
-        return raw[:i] + arg[1] + raw[i:]
-    return arg
-
-
 def test_fuzz_mutated_checkpoint_bytes(trained, tmp_path_factory):
     from hypothesis import HealthCheck, given, settings
 
@@ -428,7 +402,7 @@ def test_fuzz_mutated_checkpoint_bytes(trained, tmp_path_factory):
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(_mutations())
     def check(mutation):
-        data = _mutate(raw, mutation)
+        data = mutate(raw, mutation)
         path = work / "x.ckpt"
         path.write_bytes(data)
         (work / "x.ckpt.sha256").write_text(digest)
@@ -460,7 +434,7 @@ def test_fuzz_resume_choice_with_mutated_last(trained, tmp_path_factory):
               suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
     @given(_mutations())
     def check(mutation):
-        data = _mutate(raw, mutation)
+        data = mutate(raw, mutation)
         (work / "last.ckpt").write_bytes(data)
         chosen = _resume_from(work, module, _atomic_checkpoint_io())
         assert chosen is not None
@@ -488,7 +462,7 @@ def test_fuzz_mutated_safetensors_bytes(tmp_path_factory):
     @given(_mutations())
     def check(mutation):
         path = work / "x.safetensors"
-        path.write_bytes(_mutate(raw, mutation))
+        path.write_bytes(mutate(raw, mutation))
         try:
             read_safetensors(path)
         except CheckpointError as exc:

@@ -12,7 +12,6 @@ there, the official tiny checkpoint's tokenizer.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from functools import cache
@@ -51,16 +50,6 @@ def demo_model():
     from biomed_toolkit.mammal import load
 
     return load(device="cpu")
-
-
-@pytest.fixture
-def bt_log(caplog):
-    """caplog for the package logger (it does not propagate to the root logger)."""
-    logger = logging.getLogger("biomed_toolkit")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.WARNING, logger="biomed_toolkit")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 # ----------------------------------------------------------------------------- 1. valid SMILES
