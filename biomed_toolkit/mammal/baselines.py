@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from .validation import check_int
+from biomed_toolkit.core.validation import check_int
 
 AA20 = "ACDEFGHIKLMNPQRSTVWY"
 KMERS: dict[str, int] = {"".join(p): i for i, p in enumerate(itertools.product(AA20, repeat=2))}

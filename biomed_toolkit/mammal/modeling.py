@@ -32,9 +32,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from biomed_toolkit.core.hub import ResolvedModel
 
+from biomed_toolkit.core.validation import check_int
+
 from .configuration import MammalConfig
 from .tokenizer import Batch, Tokenizer
-from .validation import check_int
 
 log = get_logger(__name__)
 

@@ -28,8 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from biomed_toolkit.core.errors import PromptError
-
-from .validation import check_int, short_repr
+from biomed_toolkit.core.validation import check_int, short_repr
 
 # The meta token grammar; options are @KEY=VALUE pairs after the tokenizer type.
 META_RE = re.compile(r"<@TOKENIZER-TYPE=([A-Za-z0-9_]+)((?:@[A-Za-z_-]+=[^@<>]*)*)>")

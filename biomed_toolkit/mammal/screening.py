@@ -30,9 +30,9 @@ import numpy as np
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.progress import progress as _progress
+from biomed_toolkit.core.validation import check_int
 
 from . import prompts
-from .validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -23,9 +23,9 @@ import torch
 from biomed_toolkit.core.errors import InputError, PromptError
 from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.progress import progress as _progress
+from biomed_toolkit.core.validation import check_int, check_list
 
 from . import prompts
-from .validation import check_int, check_list
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

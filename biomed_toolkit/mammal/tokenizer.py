@@ -28,9 +28,9 @@ import torch
 
 from biomed_toolkit.core.errors import CheckpointError, PromptError
 from biomed_toolkit.core.log import get_logger
+from biomed_toolkit.core.validation import check_int
 
 from .prompts import SCALAR_TYPES, parse
-from .validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

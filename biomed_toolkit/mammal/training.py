@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader, Dataset
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.finetune import finetune_doc, finetune_model
 from biomed_toolkit.core.log import get_logger
+from biomed_toolkit.core.validation import check_int, check_positive_float
 
 from .splits import Split, split_labels
 from .tasks import Task, TaskName, _default_kwargs, _rows, build_prompts, get_task
 from .tokenizer import Batch, Tokenizer
-from .validation import check_int, check_positive_float
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

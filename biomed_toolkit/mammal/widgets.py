@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.log import get_logger
-from biomed_toolkit.mammal.validation import check_int
+from biomed_toolkit.core.validation import check_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from biomed_toolkit.mammal.modeling import MammalModel

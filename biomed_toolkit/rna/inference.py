@@ -115,9 +115,9 @@ def check_batch_size(batch_size: int | str, *, allow_auto: bool = True) -> int |
 
 def _check_positive_int(value: int, name: str, minimum: int = 1) -> None:
     """Refuse a non-integer or too small ``name`` option before any cell is read."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or int(value) < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    from biomed_toolkit.core.validation import check_int
+
+    check_int(value, name, where="bt.rna", minimum=minimum)
 
 
 def _plan_batches(lengths: np.ndarray, max_length: int, batch_size: int | str, n_heads: int) -> list[tuple[int, np.ndarray]]:

@@ -1,12 +1,12 @@
-"""Checks of the options given to public MAMMAL calls, at entry, with errors that name the fix.
+"""Checks of the options given to public calls, at entry, with errors that name the fix.
 
-Every public call that takes a count (``batch_size``, ``top_k``, ``max_new_tokens``, a
+Every public call of every domain that takes a count (``batch_size``, ``top_k``, ``max_new_tokens``, a
 ``max_len``...) or a list of molecules checks it here before any work starts, so that a wrong
 option never turns into NaN predictions, a silently shortened table or a raw library error.
 
 Examples
 --------
->>> from biomed_toolkit.mammal.validation import check_int
+>>> from biomed_toolkit.core.validation import check_int
 >>> check_int(8, "batch_size", where="predict")
 8
 """
