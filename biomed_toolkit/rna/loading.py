@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from biomed_toolkit.core.errors import CheckpointError, InputError
+from biomed_toolkit.core.errors import CheckpointError
 from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.model import CONFIG_NAME, WEIGHTS_NAME
 from biomed_toolkit.core.safe_pickle import PlainConfig
@@ -202,18 +202,6 @@ def _attach_tokenizer(model: BmfmRnaModel, tok: GeneTokenizer, where: Path) -> N
     model.tokenizer = tok
 
 
-def _read_tokenizer(folder: Path) -> GeneTokenizer:
-    """The tokenizer of ``folder``; damaged tokenizer files raise CheckpointError naming them."""
-    try:
-        return GeneTokenizer.from_pretrained(folder)
-    except (InputError, CheckpointError):
-        raise
-    except Exception as exc:  # the tokenizers library raises plain Exception on a damaged file
-        raise CheckpointError(
-            f"{folder / 'tokenizers'}: the tokenizer files cannot be read ({type(exc).__name__}: "
-            f"{exc}); restore them from the original model") from exc
-
-
 def _read_label_dict(path: Path) -> dict[str, dict[str, int]]:
     """``label_dict.json``: ``{label: {class name: index}}``, checked."""
     try:
@@ -243,7 +231,7 @@ def _official_model(cls: type[BmfmRnaModel], cfg: BmfmRnaConfig, state_dict: Map
 
     model = cls(cfg)
     model.load_weights(official_state_dict(state_dict), source=str(weights))
-    _attach_tokenizer(model, _read_tokenizer(tokenizers), tokenizers)
+    _attach_tokenizer(model, GeneTokenizer.from_pretrained(tokenizers), tokenizers)
     _set_label_dict(model, label_dict)
     where = weights if weights.suffix == ".ckpt" else tokenizers
     model.card = hub.make_card(resolved.name, cls.family, resolved.source, where,
@@ -328,7 +316,7 @@ def load_official(cls: type[BmfmRnaModel], path: Path, resolved: ResolvedModel) 
 
 def read_extras(model: BmfmRnaModel, folder: Path) -> None:
     """What :func:`write_extras` wrote beside the weights of our own folder."""
-    _attach_tokenizer(model, _read_tokenizer(folder), folder)
+    _attach_tokenizer(model, GeneTokenizer.from_pretrained(folder), folder)
     path = folder / LABEL_DICT_NAME
     _set_label_dict(model, _read_label_dict(path) if path.is_file() else {})
     if any(p.name != WEIGHTS_NAME for p in folder.glob("*.safetensors")):

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import scipy.sparse as sp
 
-from biomed_toolkit.core.errors import GeneMatchError, InputError
+from biomed_toolkit.core.errors import CheckpointError, GeneMatchError, InputError
 from biomed_toolkit.core.log import get_logger
 
 from .io import check_counts, get_matrix, iter_csr_chunks, to_csr
@@ -145,6 +145,18 @@ def _word_level(vocab: Mapping[str, int], extra_special: Sequence[str] = ()) -> 
 
 
 def _load_field(folder: Path) -> Any:
+    """One field's tokenizer; damaged files raise CheckpointError naming them."""
+    try:
+        return _read_field(folder)
+    except InputError:
+        raise
+    except Exception as exc:  # the tokenizers library raises plain Exception; json ValueError
+        raise CheckpointError(
+            f"{folder}: the tokenizer files cannot be read ({type(exc).__name__}: {exc}); restore "
+            "them from the original model") from exc
+
+
+def _read_field(folder: Path) -> Any:
     from tokenizers import Tokenizer
 
     if (folder / "tokenizer.json").is_file():
