@@ -9,7 +9,9 @@
   once, then only the changed properties of the changed traces (``Plotly.restyle`` /
   ``relayout`` / ``update`` in the page), each message counted in bytes so a widget can report
   what an update cost; plot gestures come back as events like the bridge's;
-- :func:`busy` shows a busy indicator while a slow update runs.
+- :func:`busy` shows a busy indicator while a slow update runs;
+- :func:`write_csv` writes a widget's export whole or not at all (a reader polling for the file
+  never sees it half written).
 
 Why not plotly's ``FigureWidget``: it ships a 5 MB module that anywidget must load within 2 s,
 which fails on a busy machine (the page then shows a static, dead copy of the figure), and it
@@ -21,10 +23,29 @@ first paint.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["PLOT_EVENTS_JS", "busy", "event_bridge", "figure_box", "plot_view"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["PLOT_EVENTS_JS", "busy", "event_bridge", "figure_box", "plot_view", "write_csv"]
+
+
+def write_csv(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write ``frame`` to ``path`` as CSV (no index) through a temporary file renamed into
+    place, so the file appears complete or not at all; the folder is created. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        frame.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def figure_box(figure: Any) -> Any:

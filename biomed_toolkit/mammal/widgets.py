@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.log import get_logger
 from biomed_toolkit.core.validation import check_int
+from biomed_toolkit.core.widgets import write_csv
 
 if TYPE_CHECKING:  # pragma: no cover
     from biomed_toolkit.mammal.modeling import MammalModel
@@ -730,10 +731,7 @@ class DrugTargetExplorer:
         written to ``path`` (CSV) when given."""
         df = self.selection_frame()
         if path is not None:
-            from pathlib import Path
-
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            df.to_csv(path, index=False)
+            write_csv(df, path)
             self.message.value = (f"<small>wrote {len(df)} rows to "
                                   f"{html.escape(str(path))}</small>")
         return df

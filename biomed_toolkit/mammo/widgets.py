@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from biomed_toolkit.core.errors import InputError
-from biomed_toolkit.core.widgets import busy, event_bridge, plot_view
+from biomed_toolkit.core.widgets import busy, event_bridge, plot_view, write_csv
 from biomed_toolkit.mammo.io import Case
 from biomed_toolkit.mammo.matching import METHODS, candidates_of, match, reassign
 
@@ -447,9 +447,8 @@ class LesionMatcher:
         """Write the pairs of every case (:meth:`matches_dataframe`) to ``path``
         (default ``"lesion_pairs.csv"``)."""
         path = Path(path if path is not None else "lesion_pairs.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
         df = self.matches_dataframe(all_cases=True)
-        df.to_csv(path, index=False)
+        write_csv(df, path)
         self.message.value = f"<small>wrote {len(df)} pairs to {html.escape(str(path))}</small>"
         return path
 

@@ -40,6 +40,7 @@ import pandas as pd
 
 from ..core.errors import InputError
 from ..core.log import get_logger
+from ..core.widgets import write_csv
 from .plotting import UNASSIGNED, category_colors, coordinates_2d
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -633,9 +634,8 @@ class CellAnnotator:
                    selected_only: bool = False) -> Path:
         """Write :meth:`to_dataframe` to ``path`` (default ``"<label_key>_annotations.csv"``)."""
         path = Path(path if path is not None else f"{self.label_key}_annotations.csv")
-        path.parent.mkdir(parents=True, exist_ok=True)
         df = self.to_dataframe(selected_only=selected_only)
-        df.to_csv(path, index=False)
+        write_csv(df, path)
         self.message.value = (f"<small>wrote {len(df)} rows ({int(df['selected'].sum())} "
                               f"selected) to {html.escape(str(path))}</small>")
         log.info(f"wrote {len(df)} cells to {path}")
