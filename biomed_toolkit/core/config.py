@@ -1,8 +1,10 @@
 """``BaseConfig``: one configuration base for every model family (plain data + JSON round trip).
 
 A family's configuration is a ``@dataclass`` deriving from :class:`BaseConfig` that declares
-fields only (validation in ``__post_init__``); reading and writing ``config.json``, reporting
-unknown keys and checking value types are written here once.
+fields only: option strings as ``Literal`` types and value ranges with :func:`bounded`, both
+checked here on construction (a family's ``__post_init__`` keeps only checks that relate several
+fields, after ``super().__post_init__()``). Reading and writing ``config.json``, reporting unknown
+keys and checking value types are written here once.
 
 Examples
 --------
@@ -11,13 +13,19 @@ Examples
 ... class ToyConfig(BaseConfig):
 ...     model_type = "toy"
 ...     width: int = 8
+...     depth: int = bounded(2, ge=1)
 >>> ToyConfig.from_dict(ToyConfig(width=4).to_dict())
-ToyConfig(width=4)
+ToyConfig(width=4, depth=2)
+>>> ToyConfig(depth=0)
+Traceback (most recent call last):
+...
+biomed_toolkit.core.errors.CheckpointError: depth must be an integer >= 1, got 0
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import types
@@ -32,6 +40,24 @@ from .log import get_logger
 log = get_logger(__name__)
 
 UnknownKeys = Literal["warn", "error", "ignore"]
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field whose value must lie in a range (``None`` passes when the field's type
+    allows it); :class:`BaseConfig` checks it on construction.
+
+    Examples
+    --------
+    >>> @dataclasses.dataclass
+    ... class Dropout(BaseConfig):
+    ...     p: float = bounded(0.1, ge=0.0, lt=1.0)
+    >>> Dropout(p=1.5)
+    Traceback (most recent call last):
+    ...
+    biomed_toolkit.core.errors.CheckpointError: p must be a number in [0.0, 1.0), got 1.5
+    """
+    return dataclasses.field(default=default, metadata={"bounds": (ge, gt, le, lt)})
 
 
 @dataclasses.dataclass
@@ -54,6 +80,18 @@ class BaseConfig:
     model_type: ClassVar[str | None] = None
     unknown_keys: ClassVar[UnknownKeys] = "warn"
     nested: ClassVar[dict[str, type]] = {}
+
+    def __post_init__(self) -> None:
+        """Every ``Literal`` field holds one of its options; every :func:`bounded` field lies in
+        its range."""
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):
+            value, hint = getattr(self, f.name), hints.get(f.name, Any)
+            options = _literal_options(hint)
+            if options and value not in options:
+                raise CheckpointError(f"{f.name} must be one of {options}, got {value!r}")
+            if "bounds" in f.metadata:
+                _check_bounds(f.name, value, hint, *f.metadata["bounds"])
 
     # writing ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -137,6 +175,43 @@ class BaseConfig:
         return cls.from_dict(data, source=str(path))
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _literal_options(hint: Any) -> tuple[Any, ...]:
+    """The options of a ``Literal`` hint (also inside ``X | None``); () for other hints."""
+    if typing.get_origin(hint) is Literal:
+        return typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(inner) == 1 and typing.get_origin(inner[0]) is Literal:
+            return (*typing.get_args(inner[0]), None)
+    return ()
+
+
+def _check_bounds(name: str, value: Any, hint: Any, ge: float | None, gt: float | None,
+                  le: float | None, lt: float | None) -> None:
+    optional = _fits(None, hint)
+    if value is None and optional:
+        return
+    integer = not _fits(0.5, hint)
+    kind = isinstance(value, int) if integer else isinstance(value, int | float)
+    ok = (kind and not isinstance(value, bool)
+          and (ge is None or value >= ge) and (gt is None or value > gt)
+          and (le is None or value <= le) and (lt is None or value < lt))
+    if ok:
+        return
+    if integer and le is None and lt is None and (ge is not None or gt is not None):
+        rule = f"an integer >= {ge}" if ge is not None else f"an integer > {gt}"
+    else:
+        low = f"[{ge}" if ge is not None else f"({gt}" if gt is not None else "(-inf"
+        high = f"{le}]" if le is not None else f"{lt})" if lt is not None else "inf)"
+        rule = f"{'an integer' if integer else 'a number'} in {low}, {high}"
+    raise CheckpointError(f"{name} must be {rule}{' or null' if optional else ''}, got {value!r}")
+
+
 def _plain(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
@@ -191,4 +266,4 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-__all__ = ["BaseConfig", "UnknownKeys"]
+__all__ = ["BaseConfig", "UnknownKeys", "bounded"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from biomed_toolkit.core.config import BaseConfig, UnknownKeys
+from biomed_toolkit.core.config import BaseConfig, UnknownKeys, bounded
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import T5Config
@@ -67,7 +67,7 @@ class MammalConfig(BaseConfig):
 
     t5_config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_T5))
     encoder_head_layers: list[int] = field(default_factory=lambda: [2048, 1024])
-    encoder_head_dropout: float = 0.2
+    encoder_head_dropout: float = bounded(0.2, ge=0.0, lt=1.0)
     scalars_prediction_head: dict[str, Any] | None = field(
         default_factory=lambda: {"dropout": 0.0, "layers": [], "num_classes": 1}
     )
@@ -79,6 +79,7 @@ class MammalConfig(BaseConfig):
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.t5_config = {**DEFAULT_T5, **dict(self.t5_config or {})}
 
     @property

@@ -11,11 +11,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Literal
 
-from biomed_toolkit.core.config import BaseConfig, UnknownKeys
+from biomed_toolkit.core.config import BaseConfig, UnknownKeys, bounded
 from biomed_toolkit.core.errors import CheckpointError
 
-__all__ = ["BmfmRnaConfig", "ExpressionEncoder", "LabelColumn", "Pooling", "Variant",
-           "llama_mlp_size"]
+__all__ = ["Activation", "BmfmRnaConfig", "ExpressionEncoder", "LabelColumn", "Pooling",
+           "Variant", "llama_mlp_size"]
 
 #: Architecture family: ``"v1"`` post-LN BERT, ``"v2"`` pre-RMSNorm LLaMA-like.
 Variant = Literal["v1", "v2"]
@@ -23,11 +23,9 @@ Variant = Literal["v1", "v2"]
 ExpressionEncoder = Literal["mlp_with_special_token_embedding", "scale_adapt"]
 #: Cell embedding: raw CLS state, tanh pooler on it, or mean over the gene positions.
 Pooling = Literal["first_token", "pooler", "mean"]
+#: Activations of the feed-forward blocks (the names transformers uses).
+Activation = Literal["gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "relu"]
 
-_VARIANTS: tuple[str, ...] = Variant.__args__
-_ENCODERS: tuple[str, ...] = ExpressionEncoder.__args__
-_POOLINGS: tuple[str, ...] = Pooling.__args__
-_ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "silu", "swish", "relu")
 _MLM_MODES = ("token_scores", "regression", "is_zero")
 
 
@@ -76,23 +74,23 @@ class BmfmRnaConfig(BaseConfig):
     nested: ClassVar[dict[str, type]] = {"label_columns": LabelColumn}
 
     variant: Variant = "v1"
-    vocab_size: int = 19_288
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    layer_norm_eps: float = 1e-12
-    rms_norm_eps: float = 1e-5
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    classifier_dropout: float = 0.1
+    vocab_size: int = bounded(19_288, ge=1)
+    hidden_size: int = bounded(768, ge=1)
+    num_hidden_layers: int = bounded(12, ge=1)
+    num_attention_heads: int = bounded(12, ge=1)
+    intermediate_size: int = bounded(3072, ge=1)
+    hidden_act: Activation = "gelu"
+    layer_norm_eps: float = bounded(1e-12, gt=0.0, lt=1.0)
+    rms_norm_eps: float = bounded(1e-5, gt=0.0, lt=1.0)
+    hidden_dropout_prob: float = bounded(0.1, ge=0.0, lt=1.0)
+    attention_probs_dropout_prob: float = bounded(0.1, ge=0.0, lt=1.0)
+    classifier_dropout: float = bounded(0.1, ge=0.0, lt=1.0)
     pad_token_id: int = 2
-    num_special_tokens: int = 5
+    num_special_tokens: int = bounded(5, ge=1)
     expression_encoder: ExpressionEncoder = "mlp_with_special_token_embedding"
     expression_encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    expression_hidden_size: int = 128
-    n_cls_tokens: int = 1
+    expression_hidden_size: int = bounded(128, ge=1)
+    n_cls_tokens: int = bounded(1, ge=1)
     decode_modes: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     label_columns: list[LabelColumn] = field(default_factory=list)
     add_pooling_layer: bool = True
@@ -101,36 +99,10 @@ class BmfmRnaConfig(BaseConfig):
     gene_field: str = "genes"
     expression_field: str = "expressions"
     #: tokens per cell the model was trained with; the tools' ``max_length`` default (None: 1024)
-    max_length: int | None = None
+    max_length: int | None = bounded(None, ge=3)
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                     "intermediate_size", "expression_hidden_size", "n_cls_tokens", "num_special_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise CheckpointError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_length is not None and (isinstance(self.max_length, bool)
-                                            or not isinstance(self.max_length, int) or self.max_length < 3):
-            raise CheckpointError(f"max_length must be an integer >= 3 or null, got {self.max_length!r}")
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0.0 <= value < 1.0:
-                raise CheckpointError(f"{name} must lie in [0, 1), got {value!r}")
-        for name in ("layer_norm_eps", "rms_norm_eps"):
-            value = getattr(self, name)
-            if not isinstance(value, int | float) or not 0.0 < value < 1.0:
-                raise CheckpointError(f"{name} must lie in (0, 1), got {value!r}")
-        if self.variant not in _VARIANTS:
-            raise CheckpointError(f"variant must be one of {_VARIANTS}, got {self.variant!r}")
-        if self.expression_encoder not in _ENCODERS:
-            raise CheckpointError(
-                f"expression_encoder {self.expression_encoder!r} not supported ({_ENCODERS})"
-            )
-        if self.pooling not in _POOLINGS:
-            raise CheckpointError(f"pooling must be one of {_POOLINGS}, got {self.pooling!r}")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise CheckpointError(
-                f"hidden_act {self.hidden_act!r} is not supported ({', '.join(_ACTIVATIONS)})")
+        super().__post_init__()
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointError("hidden_size must be a multiple of num_attention_heads")
         self.label_columns = [

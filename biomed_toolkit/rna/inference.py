@@ -17,6 +17,7 @@ import numpy as np
 from biomed_toolkit.core.errors import InputError
 from biomed_toolkit.core.log import get_logger, timed
 
+from .configuration import Pooling
 from .io import check_counts, get_matrix, iter_csr_chunks
 from .tokenize import GeneMatchReport, _CoverageAccumulator, encode_csr, match_genes
 
@@ -27,7 +28,7 @@ __all__ = ["InferenceResult", "embed_cells", "predict_labels", "run_inference"]
 
 log = get_logger(__name__)
 
-_POOLINGS = ("first_token", "pooler", "mean")
+_POOLINGS: tuple[str, ...] = Pooling.__args__
 # attention scores kept under this many bytes per batch (B * heads * L * L * 4)
 _ATTN_BUDGET = 192 * 2**20
 _TOKEN_BUDGET = 16384

@@ -37,6 +37,7 @@ class PerturbationConfig(BaseConfig):
     base: BmfmRnaConfig | None = None
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.genes = [str(g) for g in self.genes]
         if self.base is None:
             raise ValueError("a PerturbationConfig needs the encoder's BmfmRnaConfig (base=)")
