@@ -28,7 +28,8 @@ class SiameseConfig(BaseConfig):
     """Architecture and patch geometry of a :class:`~biomed_toolkit.mammo.modeling.SiameseMatcher`.
 
     ``in_channels`` .. ``dropout`` size the Siamese branches and comparison head;
-    ``detector_channels`` the candidate heatmap network (dilated convolutions on a 2 mm grid);
+    ``detector_in`` .. ``detector_norm`` the candidate heatmap network (dilated convolutions on
+    a 2 mm grid over the channels of :func:`~biomed_toolkit.mammo.candidates.detector_input`);
     ``fusion_features`` the inputs of the calibrated logistic fusion, in order.
     """
 
@@ -43,8 +44,11 @@ class SiameseConfig(BaseConfig):
     embed_dim: int = 64
     hidden: int = 64
     dropout: float = 0.1
+    # Defaults: the first demo's detector, so folders written before these keys still load.
     detector_in: int = 3
     detector_channels: tuple[int, ...] = (12, 12, 12, 12)
+    detector_dilations: tuple[int, ...] | None = None  # None: 1, 2, 4, ... per layer
+    detector_norm: bool = False  # batch norm after each detector convolution
     fusion_features: tuple[str, ...] = FUSION_FEATURES
 
     def __post_init__(self) -> None:
@@ -55,10 +59,19 @@ class SiameseConfig(BaseConfig):
             raise _bad("in_channels", self.in_channels, "1 (z-scored patch) or 2 (plus intensity)")
         if self.detector_in != 3:
             raise _bad("detector_in", self.detector_in, "3 (the detector input channels)")
+        if not isinstance(self.detector_norm, bool):
+            raise _bad("detector_norm", self.detector_norm, "true or false")
         self.patch_mm = _check_float("patch_mm", self.patch_mm, 1.0, 500.0)
         self.dropout = _check_float("dropout", self.dropout, 0.0, 0.99)
         self.channels = _check_ints("channels", self.channels)
         self.detector_channels = _check_ints("detector_channels", self.detector_channels)
+        if self.detector_dilations is not None:
+            self.detector_dilations = _check_ints("detector_dilations", self.detector_dilations)
+        if self.detector_dilations is not None and len(self.detector_dilations) != len(
+                self.detector_channels):
+            raise _bad("detector_dilations", list(self.detector_dilations),
+                       f"one dilation per detector layer ({len(self.detector_channels)}, as "
+                       "detector_channels)")
         if self.patch_size < 2 ** len(self.channels):
             raise _bad("patch_size", self.patch_size,
                        f"at least 2**len(channels) = {2 ** len(self.channels)} (one 2x pooling "

@@ -39,15 +39,20 @@ class MatchOutput:
 
 
 class CandidateNet(nn.Module):
-    """Dilated fully convolutional heatmap network: (N, C, H, W) at 1 mm -> lesion logits."""
+    """Dilated fully convolutional heatmap network: (N, C, H, W) on the 2 mm grid -> lesion
+    logits (N, 1, H, W); ``dilations`` default to 1, 2, 4, ... per layer."""
 
-    def __init__(self, in_channels: int, channels: tuple[int, ...]) -> None:
+    def __init__(self, in_channels: int, channels: tuple[int, ...],
+                 dilations: tuple[int, ...] | None = None, norm: bool = False) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
-        for i, cout in enumerate(channels):
-            d = 2**i
-            layers += [nn.Conv2d(cin, cout, 3, padding=d, dilation=d), nn.ReLU(inplace=True)]
+        dilations = dilations or tuple(2**i for i in range(len(channels)))
+        for cout, d in zip(channels, dilations, strict=True):
+            layers.append(nn.Conv2d(cin, cout, 3, padding=d, dilation=d))
+            if norm:
+                layers.append(nn.BatchNorm2d(cout))
+            layers.append(nn.ReLU(inplace=True))
             cin = cout
         self.body = nn.Sequential(*layers)
         self.out = nn.Conv2d(cin, 1, 1)
@@ -93,7 +98,8 @@ class SiameseMatcher(BaseModel):
             nn.Dropout(c.dropout),
             nn.Linear(c.hidden, 1),
         )
-        self.detector = CandidateNet(c.detector_in, c.detector_channels)
+        self.detector = CandidateNet(c.detector_in, c.detector_channels, c.detector_dilations,
+                                     c.detector_norm)
         self.fusion = nn.Linear(len(c.fusion_features), 1)
         with torch.no_grad():  # untrained fusion = the Siamese logit alone
             self.fusion.weight.zero_()

@@ -123,13 +123,18 @@ def _focal_heatmap_loss(logits: torch.Tensor, target: torch.Tensor, weight: torc
 
 
 class DetectorLightning(_Base):
-    """LightningModule training the matcher's candidate detector on heatmap targets."""
+    """LightningModule training the matcher's candidate detector on heatmap targets.
+
+    ``one_cycle=True`` anneals the learning rate with a one-cycle schedule over the whole fit
+    (15% warm-up to ``learning_rate``, then cosine decay), stepped per batch.
+    """
 
     def __init__(self, model: SiameseMatcher, *, learning_rate: float = 3e-3,
-                 weight_decay: float = 1e-4) -> None:
+                 weight_decay: float = 1e-4, one_cycle: bool = False) -> None:
         super().__init__()
         self.model = model
         self.learning_rate, self.weight_decay = learning_rate, weight_decay
+        self.one_cycle = one_cycle
 
     def training_step(self, batch, batch_idx):
         x, y, m = batch
@@ -145,8 +150,14 @@ class DetectorLightning(_Base):
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(self.model.detector.parameters(), lr=self.learning_rate,
-                                 weight_decay=self.weight_decay)
+        opt = torch.optim.AdamW(self.model.detector.parameters(), lr=self.learning_rate,
+                                weight_decay=self.weight_decay)
+        if not self.one_cycle:
+            return opt
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=self.learning_rate, pct_start=0.15,
+            total_steps=max(1, int(self.trainer.estimated_stepping_batches)))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
 # ----------------------------------------------------------------------------------------------

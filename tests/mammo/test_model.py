@@ -49,6 +49,28 @@ def test_save_and_load_round_trip(tmp_path):
         SiameseMatcher.from_pretrained(tmp_path / "m")
 
 
+def test_detector_architecture_keys_and_first_demo_format(tmp_path):
+    from torch import nn
+
+    torch.manual_seed(2)
+    cfg = SiameseConfig(channels=(8, 16), embed_dim=16, hidden=16, detector_channels=(8, 8, 8),
+                        detector_dilations=(1, 3, 1), detector_norm=True)
+    model = SiameseMatcher(cfg).eval()
+    convs = [m for m in model.detector.body if isinstance(m, nn.Conv2d)]
+    assert [c.dilation[0] for c in convs] == [1, 3, 1]
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.detector.body) == 3
+    x = torch.randn(2, 3, 40, 32)
+    assert model.detector(x).shape == (2, 1, 40, 32)  # one logit per grid cell
+    back = SiameseMatcher.from_pretrained(model.save_pretrained(tmp_path / "m"))
+    torch.testing.assert_close(back.detector(x), model.detector(x))
+    # A config written before these keys existed: dilations 1, 2, 4, ... and no batch norm.
+    old = SiameseConfig.from_dict({k: v for k, v in cfg.to_dict().items()
+                                   if k not in ("detector_dilations", "detector_norm")})
+    plain = SiameseMatcher(old)
+    assert [c.dilation[0] for c in plain.detector.body if isinstance(c, nn.Conv2d)] == [1, 2, 4]
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in plain.detector.body)
+
+
 def test_pairs_have_positives_and_hard_negatives():
     case = phantom(40, n_lesions=3, density="a", shape=(384, 312))
     a, b, y = build_pairs(case, neg_per_pos=3, rng=np.random.default_rng(0))

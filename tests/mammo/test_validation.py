@@ -308,7 +308,10 @@ def test_bad_patch_size_fails_at_load_naming_the_key(tmp_path, value):
     [({"patch_size": "abc"}, "patch_size"), ({"patch_mm": float("nan")}, "patch_mm"),
      ({"channels": "abc"}, "channels"), ({"channels": [8, "a"]}, "channels\\[1\\]"),
      ({"in_channels": 3}, "in_channels"), ({"fusion_features": "siamese_logit"}, "fusion_features"),
-     ({"patch_size": 6}, "2\\*\\*len\\(channels\\)")],
+     ({"patch_size": 6}, "2\\*\\*len\\(channels\\)"),
+     ({"detector_dilations": [1, 2]}, "one dilation per detector layer"),
+     ({"detector_dilations": [1, 0, 1, 1]}, "detector_dilations\\[1\\]"),
+     ({"detector_norm": "yes"}, "detector_norm")],
 )
 def test_siamese_config_checks_each_key(kwargs, key):
     from biomed_toolkit.mammo.configuration import SiameseConfig
