@@ -90,8 +90,8 @@ def test_default_match_is_fused_one_to_one_and_calibrated(demo, unseen):
     assert (assigned["probability"] >= 0.5).all() and m["probability"].between(0, 1).all()
     df = evaluate(unseen, ["fused", "siamese", "template"], model=demo,
                   return_curves=True).set_index("method")
-    assert df.loc["fused", "top1_accuracy"] >= 0.3
-    assert df.loc["fused", "roc_auc"] >= 0.9
+    assert df.loc["fused", "top1_accuracy"] >= 0.45
+    assert df.loc["fused", "roc_auc"] >= 0.95
     assert df.loc["fused", "roc_auc"] > df.loc["siamese", "roc_auc"] > df.loc["template", "roc_auc"]
     assert df.loc["fused", "top1_accuracy"] > df.loc["template", "top1_accuracy"]
     for f in ("0.25", "0.5", "1", "2"):
@@ -101,7 +101,9 @@ def test_default_match_is_fused_one_to_one_and_calibrated(demo, unseen):
 def test_fused_probabilities_are_calibrated(demo, unseen):
     from biomed_toolkit.mammo.training import fusion_table
 
-    X, y = fusion_table(demo, unseen)
+    # 24 cases: the confident bin of 8 cases holds only ~8 pairs, too few for a 0.2 tolerance.
+    more = [phantom_cases([91_008 + i], density="abcd"[i % 4])[0] for i in range(16)]
+    X, y = fusion_table(demo, [*unseen, *more])
     p = demo.fuse(X)
     # Predicted and observed match rates agree overall and in the confident bin.
     assert abs(p.mean() - y.mean()) < 0.03
