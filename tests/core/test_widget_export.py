@@ -3,6 +3,8 @@ failed export leaves the previous file as it was."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -22,7 +24,7 @@ def test_failed_export_keeps_the_previous_file(tmp_path):
 
     class Unwritable(pd.DataFrame):
         def to_csv(self, target, **kwargs):  # writes half, then fails
-            open(target, "w").write("row\n")
+            Path(target).write_text("row\n")
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
