@@ -18,6 +18,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
+def emit_json(obj: Any) -> None:
+    """Print ``obj`` as one JSON line from inside a job script, in one ``os.write``: every rank of a
+    ``ddp`` script shares stdout, and a write of under 4 kB to a pipe is never interleaved with
+    another one (``print`` may split a line and let another rank's line land inside it)."""
+    line = (json.dumps(obj) + "\n").encode()
+    if len(line) >= 4096:
+        raise ValueError(f"a job's JSON line must stay under 4 kB to be written atomically, got {len(line)}")
+    os.write(1, line)
+
+
 def run_script(code: str, folder: Path, *, name: str = "script.py", timeout: float = 300,
                env: dict[str, str] | None = None, args: list[str] | None = None,
                launcher: list[str] | None = None) -> Any:

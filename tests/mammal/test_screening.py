@@ -89,8 +89,10 @@ smiles = bt.mammal.esol().smiles.tolist()[:48] + ["C1CC"]
 one = bt.mammal.predict(model, "dti", {"protein": [sys.argv[1]] * len(smiles), "smiles": smiles}, progress=False)
 two = bt.mammal.predict(model, "dti", {"protein": [sys.argv[1]] * len(smiles), "smiles": smiles}, progress=False,
                         accelerator="cpu", devices=2, batch_size=8)
-print(json.dumps({"one": one.prediction.fillna(-99).tolist(), "two": two.prediction.fillna(-99).tolist(),
-                  "err_one": one.error.notna().tolist(), "err_two": two.error.notna().tolist()}))
+from tests.script_job import emit_json  # both ranks print: one atomic line each
+emit_json({"one": [round(v, 6) for v in one.prediction.fillna(-99).tolist()],
+           "two": [round(v, 6) for v in two.prediction.fillna(-99).tolist()],
+           "err_one": one.error.notna().tolist(), "err_two": two.error.notna().tolist()})
 """
 
 
