@@ -16,7 +16,14 @@ about it:
   features. Both start from one logistic regression fitted on the training cells (PCA(50) of the
   standardised input expression plus the standardised pooler features, folded back into plain
   linear weights), so fine-tuning starts where PCA + logistic regression ends and the transformer
-  only has to add to it (LP-FT).
+  only has to add to it (LP-FT). How much that regression leans on the pooler features (their
+  scale against the PCA block) is chosen by cross-validation on the training cells.
+* **The head stays where the probe put it.** Trained on from its probe start (learning rate
+  1e-3, 300 steps, 90 cells), the head fits the training cells ever closer and loses on new ones
+  (held-out macro-F1 0.967 -> 0.861 on oligodendroglioma, 0.538 -> 0.529 on pbmc68k, the same
+  with the encoder frozen); the encoder tuned beneath the fixed head kept 0.967. So by default
+  the annotation head and the expression path keep their probe weights and the encoder is tuned
+  beneath them (``head_learning_rate`` and ``path_learning_rate`` reach both).
 * **Rare types.** The focal loss is weighted by inverse class frequency (``class_weights``).
 * **Confidence.** A temperature fitted on the validation cells after training makes
   ``annotate``'s probabilities calibrated (stored with the model) when there are enough of them
@@ -55,7 +62,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
-__all__ = ["AnnotationModule", "ExpressionPath", "Recipe", "finetune", "plan_recipe"]
+__all__ = ["AnnotationModule", "ExpressionPath", "Recipe", "choose_pooler_weight", "finetune",
+           "plan_recipe"]
 
 EXTRAS_NAME = "label_heads.safetensors"
 #: validation cells needed before early stopping may end a run (and per class)
@@ -377,7 +385,9 @@ class AnnotationModule(L.LightningModule):
     path_weight, path_bias
         Initial expression-path weights (G, C) and bias (C), or None for no path.
     learning_rate, head_learning_rate, path_learning_rate, weight_decay
-        AdamW: encoder, pooler-head and expression-path learning rates (path 0: kept fixed).
+        AdamW: encoder, ``label`` head and expression-path learning rates (0: kept fixed).
+    aux_head_learning_rate
+        AdamW learning rate of the other heads (e.g. the adversarial batch head).
     steps, warmup_steps
         Linear warm-up then cosine decay to 10% over ``steps`` optimizer steps.
     class_weights
@@ -387,7 +397,7 @@ class AnnotationModule(L.LightningModule):
     def __init__(self, model: BmfmRnaModel, label: str, *, path_weight: np.ndarray | None = None,
                  path_bias: np.ndarray | None = None, learning_rate: float = 1e-4,
                  head_learning_rate: float | None = None, path_learning_rate: float = 0.0,
-                 weight_decay: float = 0.01,
+                 aux_head_learning_rate: float = 1e-3, weight_decay: float = 0.01,
                  steps: int = 1000, warmup_steps: int = 100, focal_gamma: float = 2.0,
                  class_weights: np.ndarray | None = None,
                  label_weights: dict[str, float] | None = None) -> None:
@@ -405,14 +415,22 @@ class AnnotationModule(L.LightningModule):
         # Adam moves every one of the path's thousands of gene weights by ~lr per step, so the
         # logits move by ~lr x (genes expressed): the path stays at its probe start by default
         self.path_lr = float(path_learning_rate)
+        self.aux_lr = float(aux_head_learning_rate)
         for p in (self.path_weight, self.path_bias):
             if p is not None and self.path_lr <= 0:
                 p.requires_grad_(False)
+        if self.head_lr <= 0:
+            for n, p in model.named_parameters():
+                if self._is_label_head(n):
+                    p.requires_grad_(False)
         self.wd = weight_decay
         self.steps, self.warmup = int(steps), int(warmup_steps)
         self.gamma = focal_gamma
         self.label_weights = dict(label_weights or {})
         self._val: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _is_label_head(self, name: str) -> bool:
+        return f"label_decoders.{self.label}." in name
 
     def logits(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         out = self.model(batch["genes"], batch["expressions"], batch["attention_mask"],
@@ -469,12 +487,15 @@ class AnnotationModule(L.LightningModule):
             self.log("val_macro_f1", float(f1_score(true[keep], pred[keep], average="macro")))
 
     def configure_optimizers(self) -> Any:
-        groups: dict[str, list[torch.nn.Parameter]] = {"enc": [], "enc_nd": [], "head": []}
+        groups: dict[str, list[torch.nn.Parameter]] = {"enc": [], "enc_nd": [], "head": [],
+                                                       "aux": []}
         for n, p in self.model.named_parameters():
             if not p.requires_grad:
                 continue
-            if "label_decoders" in n:
+            if self._is_label_head(n):
                 groups["head"].append(p)
+            elif "label_decoders" in n:
+                groups["aux"].append(p)
             elif p.ndim < 2 or "LayerNorm" in n or "embeddings" in n:
                 groups["enc_nd"].append(p)
             else:
@@ -483,6 +504,7 @@ class AnnotationModule(L.LightningModule):
         params = [{"params": groups["enc"], "weight_decay": self.wd, "lr": self.lr},
                   {"params": groups["enc_nd"], "weight_decay": 0.0, "lr": self.lr},
                   {"params": groups["head"], "weight_decay": 0.0, "lr": self.head_lr},
+                  {"params": groups["aux"], "weight_decay": 0.0, "lr": self.aux_lr},
                   {"params": path, "weight_decay": 0.0, "lr": self.path_lr}]
         opt = torch.optim.AdamW([g for g in params if g["params"]], betas=(0.9, 0.99), eps=1e-8)
         return {"optimizer": opt, "lr_scheduler": {
@@ -507,31 +529,40 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 # --------------------------------------------------------------------------------------------
 # linear-probe start (LP-FT)
 # --------------------------------------------------------------------------------------------
-def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
-               pooled: np.ndarray | None, y: np.ndarray, n_classes: int, *, n_components: int = 50,
-               seed: int = 0) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Fit one logistic regression on [PCA of standardised path input, centred and scaled pooler]
-    of the training cells and fold it into the head's weights and the expression path.
+#: weights of the pooler block tried next to the expression path's PCA in the probe start
+POOLER_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+#: training cells the cross-validation of the pooler weight looks at (a stratified sample)
+MAX_CV_CELLS = 2000
 
-    Returns the path's (weight (G, C), bias (C,)) or (None, None) without a path; the head's
-    Linear layer is written in place. Classes absent from training get a bias of -10.
-    """
+
+@dataclass
+class _Block:
+    """One linear block of probe features: ``features = inputs @ a.T + shift``."""
+
+    kind: Literal["path", "head"]
+    a: np.ndarray  # (k, G) or (H, H)
+    shift: np.ndarray  # (k,)
+
+    def __call__(self, inputs: np.ndarray) -> np.ndarray:
+        return inputs @ self.a.T + self.shift
+
+
+def _probe_blocks(x: np.ndarray | None, pooled: np.ndarray | None, pooler_weight: float,
+                  n_components: int, seed: int) -> list[_Block]:
+    """Blocks fitted on the training cells: PCA of the standardised path input, and the pooler
+    features centred, given one scale for the whole block and multiplied by ``pooler_weight``."""
     from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
 
-    blocks, folds = [], []
-    if x_path is not None:
-        x = x_path.toarray()
+    blocks = []
+    if x is not None:
         mu, sd = x.mean(axis=0), x.std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
         k = int(min(n_components, x.shape[0] - 1, x.shape[1]))
         pca = PCA(k, random_state=seed).fit((x - mu) / sd)
-        z = pca.transform((x - mu) / sd)
-        blocks.append(z)
+        a = pca.components_ / sd[None, :]
         # z = ((x - mu) / sd - m) @ P.T  ->  linear in x
-        folds.append(("path", pca.components_ / sd[None, :], -(pca.components_ / sd[None, :]) @ mu
-                      - pca.components_ @ pca.mean_))
-    if pooled is not None:
+        blocks.append(_Block("path", a, -a @ mu - pca.components_ @ pca.mean_))
+    if pooled is not None and pooler_weight > 0:
         # one scale for the whole block, not per dimension: a (near-)constant pooler dimension
         # divided by its tiny spread would give the head huge weights that any change of the
         # encoder (or dropout) turns into huge logits
@@ -539,12 +570,85 @@ def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
         # the features' size, so its weights stay bounded)
         mu_p = pooled.mean(axis=0)
         spread = float(np.sqrt(((pooled - mu_p) ** 2).mean()))
-        sd_p = max(spread, 0.25 * float(np.sqrt((pooled ** 2).mean())), 1e-3)
-        blocks.append((pooled - mu_p) / sd_p)
-        folds.append(("head", np.eye(pooled.shape[1]) / sd_p, -mu_p / sd_p))
+        sd_p = max(spread, 0.25 * float(np.sqrt((pooled ** 2).mean())), 1e-3) / pooler_weight
+        blocks.append(_Block("head", np.eye(pooled.shape[1]) / sd_p, -mu_p / sd_p))
+    return blocks
+
+
+def _probe_features(blocks: list[_Block], x: np.ndarray | None,
+                    pooled: np.ndarray | None) -> np.ndarray:
+    return np.hstack([blk(x if blk.kind == "path" else pooled) for blk in blocks])
+
+
+def _rows(m: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+    return None if m is None else m[idx]
+
+
+def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.ndarray, *,
+                         weights: tuple[float, ...] = POOLER_WEIGHTS, n_components: int = 50,
+                         seed: int = 0) -> tuple[float, dict[float, float]]:
+    """How much the probe start leans on the encoder: the weight of the pooler block next to
+    the PCA of the expression path, chosen by cross-validation on the training cells.
+
+    The probe's logistic regression penalises every feature alike, so the scale of the pooler
+    block decides its share. A model that never saw the tissue gives features weaker than PCA of
+    the expression, which then only add noise (oligodendroglioma, 100 cells: 0.970 macro-F1 with
+    weight 1, 0.985 with 0.25); where the encoder's features are good they should count (pbmc68k:
+    0.553 with 0 against 0.615 with 1). Stratified k-fold macro-F1 (k = min(5, smallest class),
+    at most :data:`MAX_CV_CELLS` cells) picks the weight; ties go to the larger weight. Without
+    both blocks, or with a class of a single cell, the weight is 1.
+
+    Returns the weight and the cross-validated macro-F1 of every weight tried.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, train_test_split
+
+    idx = np.arange(len(y))
+    if len(idx) > MAX_CV_CELLS:
+        counts = np.bincount(y)
+        idx = train_test_split(idx, train_size=MAX_CV_CELLS, random_state=seed,
+                               stratify=y if counts[counts > 0].min() >= 2 else None)[0]
+    counts = np.bincount(y[idx])
+    counts = counts[counts > 0]
+    if x is None or pooled is None or len(counts) < 2 or counts.min() < 2:
+        return 1.0, {}
+    folds = list(StratifiedKFold(int(min(5, counts.min())), shuffle=True,
+                                 random_state=seed).split(idx, y[idx]))
+    scores: dict[float, float] = {}
+    for w in weights:
+        f1 = []
+        for fit, held in folds:
+            fit, held = idx[fit], idx[held]
+            blocks = _probe_blocks(x[fit], pooled[fit], w, n_components, seed)
+            clf = LogisticRegression(max_iter=3000, C=1.0, random_state=seed).fit(
+                _probe_features(blocks, x[fit], pooled[fit]), y[fit])
+            pred = clf.predict(_probe_features(blocks, x[held], pooled[held]))
+            f1.append(f1_score(y[held], pred, average="macro"))
+        scores[float(w)] = float(np.mean(f1))
+    best = max(scores.values())
+    return max(w for w, s in scores.items() if s >= best - 1e-9), scores
+
+
+def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
+               pooled: np.ndarray | None, y: np.ndarray, n_classes: int, *, n_components: int = 50,
+               pooler_weight: float = 1.0, seed: int = 0
+               ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Fit one logistic regression on [PCA of standardised path input, centred and scaled pooler
+    times ``pooler_weight``] of the training cells and fold it into the head's weights and the
+    expression path.
+
+    Returns the path's (weight (G, C), bias (C,)) or (None, None) without a path; the head's
+    Linear layer is written in place (zero where the pooler block is left out). Classes absent
+    from training get a bias of -10.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = None if x_path is None else x_path.toarray()
+    blocks = _probe_blocks(x, pooled, pooler_weight, n_components, seed)
     if not blocks or len(np.unique(y)) < 2:
         return None, None
-    feats = np.hstack(blocks)
+    feats = _probe_features(blocks, x, pooled)
     clf = LogisticRegression(max_iter=3000, C=1.0, random_state=seed).fit(feats, y)
     coef = clf.coef_ if len(clf.classes_) > 2 else np.r_[-clf.coef_, clf.coef_] / 2
     icpt = clf.intercept_ if len(clf.classes_) > 2 else np.r_[-clf.intercept_, clf.intercept_] / 2
@@ -552,25 +656,26 @@ def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
     full_b = np.full(n_classes, -10.0)
     full_coef[clf.classes_], full_b[clf.classes_] = coef, icpt
     path_w = path_b = None
+    lin = _head_linear(model, label)
+    with torch.no_grad():
+        lin.weight.zero_()
+        lin.bias.zero_()
     col = 0
-    for kind, a, shift in folds:
-        part = full_coef[:, col:col + a.shape[0]]  # (C, k)
-        col += a.shape[0]
-        w = part @ a  # (C, G) or (C, H)
-        b = part @ shift
-        if kind == "path":
+    for blk in blocks:
+        part = full_coef[:, col:col + blk.a.shape[0]]  # (C, k)
+        col += blk.a.shape[0]
+        w, b = part @ blk.a, part @ blk.shift  # (C, G) or (C, H)
+        if blk.kind == "path":
             path_w, path_b = w.T.astype(np.float32), (full_b + b).astype(np.float32)
             full_b = np.zeros(n_classes)
         else:
-            lin = _head_linear(model, label)
             with torch.no_grad():
                 lin.weight.copy_(torch.as_tensor(w, dtype=lin.weight.dtype))
                 lin.bias.copy_(torch.as_tensor(full_b + b, dtype=lin.bias.dtype))
-    if pooled is None:
-        lin = _head_linear(model, label)
+            full_b = np.zeros(n_classes)
+    if path_w is None:
         with torch.no_grad():
-            lin.weight.zero_()
-            lin.bias.zero_()
+            lin.bias.add_(torch.as_tensor(full_b, dtype=lin.bias.dtype))
     return path_w, path_b
 
 
@@ -588,7 +693,7 @@ def finetune(
     max_steps: int | None = None,
     min_steps: int = 300,
     learning_rate: float = 1e-4,
-    head_learning_rate: float = 1e-3,
+    head_learning_rate: float | None = None,
     path_learning_rate: float = 0.0,
     batch_size: int = 32,
     lora: bool = False,
@@ -602,6 +707,7 @@ def finetune(
     early_stopping: bool | dict[str, Any] | str = "auto",
     head_init: str = "linear_probe",
     expression_path: bool = True,
+    pooler_weight: float | Literal["auto"] = "auto",
     balance_classes: bool = True,
     calibrate: bool | Literal["auto"] = "auto",
     gradient_clip_val: float = 1.0,
@@ -621,8 +727,10 @@ def finetune(
 
     A new label head named ``label_key`` is put on the pooler of a copy of ``model``, next to an
     expression path (a bag-of-genes linear layer over the cell's log-normalised input genes).
-    Both start from one logistic regression on the training cells (LP-FT), then everything is
-    fine-tuned with class-weighted focal loss, gradient clipping, warm-up + cosine decay over a
+    Both start from one logistic regression on the training cells (LP-FT; the pooler features'
+    share chosen by cross-validation), then the encoder is fine-tuned beneath them (the head and
+    the path keep their probe weights unless ``head_learning_rate`` / ``path_learning_rate`` say
+    otherwise) with class-weighted focal loss, gradient clipping, warm-up + cosine decay over a
     budget counted in optimizer steps, and early stopping only on a validation set big enough to
     mean something. A temperature fitted on the validation cells (when there are >= 50 of them)
     calibrates the probabilities :func:`~biomed_toolkit.rna.tasks.annotate` reports. The input
@@ -646,7 +754,12 @@ def finetune(
     min_steps
         Floor of the default budget, and the fewest steps before early stopping may end a run.
     head_learning_rate
-        AdamW learning rate of the label heads (``learning_rate`` is the encoder's).
+        AdamW learning rate of the new ``label_key`` head (``learning_rate`` is the encoder's;
+        an adversarial batch head trains at 1e-3). Default: 0 after the linear-probe start (the
+        head stays where the probe put it and the encoder is tuned beneath it), 1e-3 after a
+        random start. Training the head from its probe start at 1e-3 for 300 steps on 90 cells
+        took held-out macro-F1 from 0.967 to 0.861 (oligodendroglioma) and from 0.538 to 0.529
+        (pbmc68k); training the encoder beneath the fixed head left it at 0.967.
     path_learning_rate
         AdamW learning rate of the expression path; 0 (default) keeps it at its logistic
         regression start (Adam would move its thousands of gene weights by ~lr each per step).
@@ -662,6 +775,11 @@ def finetune(
         starts at zero and is used only with ``path_learning_rate > 0``).
     expression_path
         Give the head the bag-of-genes linear path over the input expression.
+    pooler_weight
+        Scale of the encoder's pooler features next to the PCA of the expression path in the
+        probe start (0: the head starts at zero and the path alone is the probe). ``"auto"``
+        (default): chosen among 0, 0.25, 0.5 and 1 by cross-validated macro-F1 on the training
+        cells (:func:`choose_pooler_weight`), recorded in ``history.attrs["recipe"]``.
     balance_classes
         Weight the loss by inverse square-root class frequency.
     calibrate
@@ -713,6 +831,10 @@ def finetune(
     check_batch_size(batch_size, allow_auto=False)
     if calibrate not in (True, False, "auto"):
         raise InputError(f"calibrate must be True, False or 'auto', got {calibrate!r}")
+    if pooler_weight != "auto" and not (isinstance(pooler_weight, int | float)
+                                        and not isinstance(pooler_weight, bool)
+                                        and 0.0 <= pooler_weight < math.inf):
+        raise InputError(f"pooler_weight must be 'auto' or a number >= 0, got {pooler_weight!r}")
     if not 0.0 <= val_fraction < 1.0:
         raise InputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
     base = _model(model)
@@ -763,6 +885,7 @@ def finetune(
             gene_ids = seen[seen >= 0]
             features = expression_features(counts, col_ids, gene_ids)
         pw = pb = None
+        weight, cv_scores = None, {}
         if head_init == "linear_probe":
             pooled = None
             if new.backbone.pooler is not None:
@@ -770,8 +893,21 @@ def finetune(
                                     max_length=max_length, layer=layer, gene_symbols=gene_symbols,
                                     progress=False)
                 pooled = np.nan_to_num(res.embeddings.astype(np.float64))
-            pw, pb = probe_init(new, label_key, None if features is None else features[tr],
-                                pooled, codes[tr], len(classes), seed=seed)
+            x_tr = None if features is None else features[tr]
+            if pooler_weight == "auto":
+                weight, cv_scores = choose_pooler_weight(
+                    None if x_tr is None else x_tr.toarray(), pooled, codes[tr], seed=seed)
+                if cv_scores:
+                    tried = ", ".join(f"{w:g}: {f:.3f}" for w, f in cv_scores.items())
+                    log.info(f"    probe start: pooler weight {weight:g} (cross-validated "
+                             f"macro-F1 {tried})")
+                elif pooled is not None and x_tr is not None:
+                    log.info(f"    probe start: pooler weight {weight:g} (not cross-validated: "
+                             "a class has a single training cell)")
+            else:
+                weight = float(pooler_weight)
+            pw, pb = probe_init(new, label_key, x_tr, pooled, codes[tr], len(classes),
+                                pooler_weight=weight, seed=seed)
         elif features is not None and path_learning_rate > 0:
             # no probe start: the path starts at zero, so it only exists when it can train
             pw = np.zeros((len(gene_ids), len(classes)), dtype=np.float32)
@@ -800,6 +936,9 @@ def finetune(
                                   collate_fn=collator(seed), generator=gen)
         val_loader = (DataLoader(Subset(cells, va.tolist()), batch_size=batch_size,
                                  shuffle=False, collate_fn=collator(seed + 1)) if len(va) else None)
+
+        if head_learning_rate is None:
+            head_learning_rate = 0.0 if head_init == "linear_probe" else 1e-3
 
         def make_module(m: BmfmRnaModel) -> AnnotationModule:
             return AnnotationModule(
@@ -860,7 +999,9 @@ def finetune(
             log.info(f"    temperature {temperature:.3f} fitted on {len(va)} validation cells")
         info = {**recipe.to_dict(), "global_step": int(result.global_step),
                 "temperature": temperature, "temperature_fitted": fit_t,
-                "expression_path": pw is not None,
+                "expression_path": pw is not None, "pooler_weight": weight,
+                "head_learning_rate": float(head_learning_rate),
+                "pooler_weight_cv": {str(k): v for k, v in cv_scores.items()},
                 "class_weights": bool(balance_classes), "n_train": int(len(tr)),
                 "n_val": int(len(va))}
         history = result.history

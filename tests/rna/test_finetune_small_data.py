@@ -54,6 +54,14 @@ def test_small_data_finetune_learns_with_defaults(split, tmp_path):
     # early stopping did not end the run after a handful of steps: the full budget ran
     assert not rec["early_stopping"] and rec["global_step"] == rec["steps"] >= 300
     assert not rec["temperature_fitted"]  # 10 validation cells: the model's own probabilities
+    # the probe start's share of pooler features was cross-validated; the head keeps its probe
+    # weights and the encoder beneath it is what trains
+    assert set(rec["pooler_weight_cv"]) == {"0.0", "0.25", "0.5", "1.0"}
+    assert rec["pooler_weight"] in (0.0, 0.25, 0.5, 1.0) and rec["head_learning_rate"] == 0.0
+    moved = [k for k, v in base.state_dict().items()
+             if "label_decoders" not in k and v.is_floating_point()
+             and not torch.equal(v, model.state_dict()[k])]
+    assert len(moved) > 10, moved
     tasks.annotate(test, model, label="bulk_labels", min_confidence=0.0, max_length=256,
                    progress=False)
     pred = test.obs["bmfm_cell_type"].astype(str).to_numpy()
