@@ -580,10 +580,6 @@ def _probe_features(blocks: list[_Block], x: np.ndarray | None,
     return np.hstack([blk(x if blk.kind == "path" else pooled) for blk in blocks])
 
 
-def _rows(m: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
-    return None if m is None else m[idx]
-
-
 def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.ndarray, *,
                          weights: tuple[float, ...] = POOLER_WEIGHTS, n_components: int = 50,
                          seed: int = 0) -> tuple[float, dict[float, float]]:
@@ -615,22 +611,24 @@ def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.
         return 1.0, {}
     folds = list(StratifiedKFold(int(min(5, counts.min())), shuffle=True,
                                  random_state=seed).split(idx, y[idx]))
-    scores: dict[float, float] = {}
-    for w in weights:
-        f1 = []
-        for fit, held in folds:
-            fit, held = idx[fit], idx[held]
-            blocks = _probe_blocks(x[fit], pooled[fit], w, n_components, seed)
-            clf = LogisticRegression(max_iter=3000, C=1.0, random_state=seed).fit(
-                _probe_features(blocks, x[fit], pooled[fit]), y[fit])
-            pred = clf.predict(_probe_features(blocks, x[held], pooled[held]))
-            f1.append(f1_score(y[held], pred, average="macro"))
-        scores[float(w)] = float(np.mean(f1))
+    f1: dict[float, list[float]] = {float(w): [] for w in weights}
+    for fit, held in folds:
+        fit, held = idx[fit], idx[held]
+        # the blocks do not depend on the weight (it only scales the pooler block): fit them once
+        path, head = _probe_blocks(x[fit], pooled[fit], 1.0, n_components, seed)
+        z_fit, z_held = path(x[fit]), path(x[held])
+        p_fit, p_held = head(pooled[fit]), head(pooled[held])
+        for w in f1:
+            a = np.hstack([z_fit, w * p_fit]) if w > 0 else z_fit
+            b = np.hstack([z_held, w * p_held]) if w > 0 else z_held
+            clf = LogisticRegression(max_iter=3000, C=1.0, random_state=seed).fit(a, y[fit])
+            f1[w].append(f1_score(y[held], clf.predict(b), average="macro"))
+    scores = {w: float(np.mean(v)) for w, v in f1.items()}
     best = max(scores.values())
     return max(w for w, s in scores.items() if s >= best - 1e-9), scores
 
 
-def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
+def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | np.ndarray | None,
                pooled: np.ndarray | None, y: np.ndarray, n_classes: int, *, n_components: int = 50,
                pooler_weight: float = 1.0, seed: int = 0
                ) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -644,7 +642,7 @@ def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
     """
     from sklearn.linear_model import LogisticRegression
 
-    x = None if x_path is None else x_path.toarray()
+    x = x_path.toarray() if sp.issparse(x_path) else x_path
     blocks = _probe_blocks(x, pooled, pooler_weight, n_components, seed)
     if not blocks or len(np.unique(y)) < 2:
         return None, None
@@ -655,27 +653,26 @@ def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | None,
     full_coef = np.zeros((n_classes, feats.shape[1]))
     full_b = np.full(n_classes, -10.0)
     full_coef[clf.classes_], full_b[clf.classes_] = coef, icpt
+    # the logits are path + head: one total bias, carried by the path when there is one
     path_w = path_b = None
+    bias, col = full_b, 0
     lin = _head_linear(model, label)
     with torch.no_grad():
         lin.weight.zero_()
         lin.bias.zero_()
-    col = 0
-    for blk in blocks:
-        part = full_coef[:, col:col + blk.a.shape[0]]  # (C, k)
-        col += blk.a.shape[0]
-        w, b = part @ blk.a, part @ blk.shift  # (C, G) or (C, H)
-        if blk.kind == "path":
-            path_w, path_b = w.T.astype(np.float32), (full_b + b).astype(np.float32)
-            full_b = np.zeros(n_classes)
-        else:
-            with torch.no_grad():
+        for blk in blocks:
+            part = full_coef[:, col:col + blk.a.shape[0]]  # (C, k)
+            col += blk.a.shape[0]
+            w = part @ blk.a  # (C, G) or (C, H)
+            bias = bias + part @ blk.shift
+            if blk.kind == "path":
+                path_w = w.T.astype(np.float32)
+            else:
                 lin.weight.copy_(torch.as_tensor(w, dtype=lin.weight.dtype))
-                lin.bias.copy_(torch.as_tensor(full_b + b, dtype=lin.bias.dtype))
-            full_b = np.zeros(n_classes)
-    if path_w is None:
-        with torch.no_grad():
-            lin.bias.add_(torch.as_tensor(full_b, dtype=lin.bias.dtype))
+        if path_w is None:
+            lin.bias.copy_(torch.as_tensor(bias, dtype=lin.bias.dtype))
+        else:
+            path_b = bias.astype(np.float32)
     return path_w, path_b
 
 
@@ -893,10 +890,9 @@ def finetune(
                                     max_length=max_length, layer=layer, gene_symbols=gene_symbols,
                                     progress=False)
                 pooled = np.nan_to_num(res.embeddings.astype(np.float64))
-            x_tr = None if features is None else features[tr]
+            x_tr = None if features is None else features[tr].toarray()
             if pooler_weight == "auto":
-                weight, cv_scores = choose_pooler_weight(
-                    None if x_tr is None else x_tr.toarray(), pooled, codes[tr], seed=seed)
+                weight, cv_scores = choose_pooler_weight(x_tr, pooled, codes[tr], seed=seed)
                 if cv_scores:
                     tried = ", ".join(f"{w:g}: {f:.3f}" for w, f in cv_scores.items())
                     log.info(f"    probe start: pooler weight {weight:g} (cross-validated "
