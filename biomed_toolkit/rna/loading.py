@@ -33,6 +33,7 @@ from biomed_toolkit.core.safe_pickle import PlainConfig
 from .configuration import BmfmRnaConfig, LabelColumn, Variant, llama_mlp_size
 from .modeling import BmfmRnaModel
 from .registry import UNREPRODUCIBLE
+from .seen_cells import PRETRAINING_CELLS_NAME, load_pretraining_cells, save_pretraining_cells
 from .tokenize import GeneTokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -319,7 +320,8 @@ def read_extras(model: BmfmRnaModel, folder: Path) -> None:
     _attach_tokenizer(model, GeneTokenizer.from_pretrained(folder), folder)
     path = folder / LABEL_DICT_NAME
     _set_label_dict(model, _read_label_dict(path) if path.is_file() else {})
-    if any(p.name != WEIGHTS_NAME for p in folder.glob("*.safetensors")):
+    model.pretraining_cells = load_pretraining_cells(folder)
+    if any(p.name not in (WEIGHTS_NAME, PRETRAINING_CELLS_NAME) for p in folder.glob("*.safetensors")):
         # fine-tuned label heads' extras (rna.training; imported only when present: Lightning)
         from .training import load_label_extras
 
@@ -336,6 +338,8 @@ def write_extras(model: BmfmRnaModel, folder: Path) -> None:
         from .training import save_label_extras
 
         save_label_extras(model, folder)
+    if getattr(model, "pretraining_cells", None) is not None:
+        save_pretraining_cells(model.pretraining_cells, folder)
 
 
 def load(name_or_path: str | os.PathLike | None = None, *,

@@ -17,7 +17,11 @@ about it:
   standardised input expression plus the standardised pooler features, folded back into plain
   linear weights), so fine-tuning starts where PCA + logistic regression ends and the transformer
   only has to add to it (LP-FT). How much that regression leans on the pooler features (their
-  scale against the PCA block) is chosen by cross-validation on the training cells.
+  scale against the PCA block) is chosen by cross-validation on the training cells, except on
+  cells the model was pretrained on (:mod:`~biomed_toolkit.rna.seen_cells`): its features of
+  those are memorised, the cross-validation overrates them (pbmc68k's 491 training cells:
+  cross-validated 0.91 with weight 1, 0.67 on held-out cells, where weight 0 scores 0.73), and
+  the smallest non-zero weight (0.25) is used.
 * **The head stays where the probe put it.** Trained on from its probe start (learning rate
   1e-3, 300 steps, 90 cells), the head fits the training cells ever closer and loses on new ones
   (held-out macro-F1 0.967 -> 0.861 on oligodendroglioma, 0.538 -> 0.529 on pbmc68k, the same
@@ -29,8 +33,10 @@ about it:
   ``annotate``'s probabilities calibrated (stored with the model) when there are enough of them
   (``MIN_CALIBRATION_CELLS``). On ten validation cells one confident mistake drives the fitted
   temperature to ~2.8 and the held-out ECE from 0.06 (the model's own probabilities) to 0.28
-  (pbmc68k, 100 training cells), so below that size the model's probabilities are kept and the
-  log says so.
+  (pbmc68k, 100 training cells), so below that size the temperature is fitted on the probe
+  start's out-of-fold predictions of the training cells instead (the head keeps its probe
+  weights, so the probe's calibration is the model's): held-out ECE of the probe start on
+  oligodendroglioma, 100 cells, 0.10 -> 0.02 (T ~ 0.4: the regression was under-confident).
 
 The expression path and the temperature of each label head live in ``model.label_extras``
 and are written next to the weights (``label_heads.safetensors``) by ``save_pretrained``.
@@ -53,6 +59,7 @@ import torch.nn.functional as F
 from ..core.errors import CheckpointError, InputError
 from ..core.finetune import finetune_doc
 from ..core.log import get_logger, timed
+from .seen_cells import seen_in_pretraining
 
 if TYPE_CHECKING:  # pragma: no cover
     from anndata import AnnData
@@ -62,8 +69,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
-__all__ = ["AnnotationModule", "ExpressionPath", "Recipe", "choose_pooler_weight", "finetune",
-           "plan_recipe"]
+__all__ = ["AnnotationModule", "ExpressionPath", "ProbeCV", "Recipe", "choose_pooler_weight",
+           "cross_validate_probe", "finetune", "plan_recipe"]
 
 EXTRAS_NAME = "label_heads.safetensors"
 #: validation cells needed before early stopping may end a run (and per class)
@@ -71,6 +78,8 @@ MIN_VAL_CELLS = 100
 MIN_VAL_PER_CLASS = 5
 #: validation cells needed before a fitted temperature replaces the model's own probabilities
 MIN_CALIBRATION_CELLS = 50
+#: validation share of ``val_fraction="auto"`` (when it gives MIN_CALIBRATION_CELLS cells)
+AUTO_VAL_FRACTION = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,6 +149,7 @@ def with_heads(base: BmfmRnaModel, heads: list[Any], replaced: set[str]) -> Bmfm
     new.label_dict = {k: dict(v) for k, v in (base.label_dict or {}).items() if k not in replaced}
     new.label_extras = {k: v for k, v in getattr(base, "label_extras", {}).items()
                         if k not in replaced}
+    new.pretraining_cells = getattr(base, "pretraining_cells", None)
     return new
 
 
@@ -533,6 +543,11 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_ste
 POOLER_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 #: training cells the cross-validation of the pooler weight looks at (a stratified sample)
 MAX_CV_CELLS = 2000
+#: share of training cells found in the model's pretraining set above which the pooler weight
+#: is not cross-validated (the encoder's features of memorised cells overrate it, see
+#: :mod:`~biomed_toolkit.rna.seen_cells`); the smallest non-zero weight is used instead
+MAX_SEEN_FRACTION = 0.1
+SEEN_POOLER_WEIGHT = min(w for w in POOLER_WEIGHTS if w > 0)
 
 
 @dataclass
@@ -580,21 +595,25 @@ def _probe_features(blocks: list[_Block], x: np.ndarray | None,
     return np.hstack([blk(x if blk.kind == "path" else pooled) for blk in blocks])
 
 
-def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.ndarray, *,
-                         weights: tuple[float, ...] = POOLER_WEIGHTS, n_components: int = 50,
-                         seed: int = 0) -> tuple[float, dict[float, float]]:
-    """How much the probe start leans on the encoder: the weight of the pooler block next to
-    the PCA of the expression path, chosen by cross-validation on the training cells.
+@dataclass
+class ProbeCV:
+    """Stratified k-fold cross-validation of the probe start on the training cells."""
 
-    The probe's logistic regression penalises every feature alike, so the scale of the pooler
-    block decides its share. A model that never saw the tissue gives features weaker than PCA of
-    the expression, which then only add noise (oligodendroglioma, 100 cells: 0.970 macro-F1 with
-    weight 1, 0.985 with 0.25); where the encoder's features are good they should count (pbmc68k:
-    0.553 with 0 against 0.615 with 1). Stratified k-fold macro-F1 (k = min(5, smallest class),
-    at most :data:`MAX_CV_CELLS` cells) picks the weight; ties go to the larger weight. Without
-    both blocks, or with a class of a single cell, the weight is 1.
+    #: mean macro-F1 over the folds, per pooler weight tried
+    scores: dict[float, float]
+    #: rows of the training cells that took part (a stratified sample of at most MAX_CV_CELLS)
+    rows: np.ndarray
+    #: out-of-fold log-probabilities (len(rows), n_classes), per pooler weight
+    log_proba: dict[float, np.ndarray]
 
-    Returns the weight and the cross-validated macro-F1 of every weight tried.
+
+def cross_validate_probe(x: np.ndarray | None, pooled: np.ndarray | None, y: np.ndarray,
+                         weights: tuple[float, ...] = POOLER_WEIGHTS, *, n_components: int = 50,
+                         seed: int = 0) -> ProbeCV | None:
+    """Out-of-fold macro-F1 and log-probabilities of the probe start for each pooler weight.
+
+    k = min(5, smallest class) folds over at most :data:`MAX_CV_CELLS` training cells. None
+    without both blocks or when a class has a single cell.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -608,24 +627,52 @@ def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.
     counts = np.bincount(y[idx])
     counts = counts[counts > 0]
     if x is None or pooled is None or len(counts) < 2 or counts.min() < 2:
-        return 1.0, {}
+        return None
+    n_classes = int(y.max()) + 1
     folds = list(StratifiedKFold(int(min(5, counts.min())), shuffle=True,
                                  random_state=seed).split(idx, y[idx]))
     f1: dict[float, list[float]] = {float(w): [] for w in weights}
+    oof = {w: np.full((len(idx), n_classes), -30.0) for w in f1}
     for fit, held in folds:
-        fit, held = idx[fit], idx[held]
+        rows_fit, rows_held = idx[fit], idx[held]
         # the blocks do not depend on the weight (it only scales the pooler block): fit them once
-        path, head = _probe_blocks(x[fit], pooled[fit], 1.0, n_components, seed)
-        z_fit, z_held = path(x[fit]), path(x[held])
-        p_fit, p_held = head(pooled[fit]), head(pooled[held])
+        path, head = _probe_blocks(x[rows_fit], pooled[rows_fit], 1.0, n_components, seed)
+        z_fit, z_held = path(x[rows_fit]), path(x[rows_held])
+        p_fit, p_held = head(pooled[rows_fit]), head(pooled[rows_held])
         for w in f1:
             a = np.hstack([z_fit, w * p_fit]) if w > 0 else z_fit
             b = np.hstack([z_held, w * p_held]) if w > 0 else z_held
-            clf = LogisticRegression(max_iter=3000, C=1.0, random_state=seed).fit(a, y[fit])
-            f1[w].append(f1_score(y[held], clf.predict(b), average="macro"))
-    scores = {w: float(np.mean(v)) for w, v in f1.items()}
-    best = max(scores.values())
-    return max(w for w, s in scores.items() if s >= best - 1e-9), scores
+            clf = LogisticRegression(max_iter=3000, C=1.0, random_state=seed).fit(a, y[rows_fit])
+            f1[w].append(f1_score(y[rows_held], clf.predict(b), average="macro"))
+            oof[w][np.ix_(held, clf.classes_)] = clf.predict_log_proba(b)
+    return ProbeCV({w: float(np.mean(v)) for w, v in f1.items()}, idx, oof)
+
+
+def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.ndarray, *,
+                         weights: tuple[float, ...] = POOLER_WEIGHTS, n_components: int = 50,
+                         seed: int = 0) -> tuple[float, dict[float, float]]:
+    """How much the probe start leans on the encoder: the weight of the pooler block next to
+    the PCA of the expression path, chosen by cross-validation on the training cells.
+
+    The probe's logistic regression penalises every feature alike, so the scale of the pooler
+    block decides its share. A model that never saw the tissue gives features weaker than PCA of
+    the expression, which then only add noise (oligodendroglioma, 100 cells: 0.970 macro-F1 with
+    weight 1, 0.985 with 0.25); where the encoder's features are good they should count (pbmc68k:
+    0.553 with 0 against 0.615 with 1). Stratified k-fold macro-F1 (:func:`cross_validate_probe`)
+    picks the weight; ties go to the larger weight. Without both blocks, or with a class of a
+    single cell, the weight is 1.
+
+    Returns the weight and the cross-validated macro-F1 of every weight tried.
+    """
+    cv = cross_validate_probe(x, pooled, y, weights, n_components=n_components, seed=seed)
+    return _best_weight(cv)
+
+
+def _best_weight(cv: ProbeCV | None) -> tuple[float, dict[float, float]]:
+    if cv is None:
+        return 1.0, {}
+    best = max(cv.scores.values())
+    return max(w for w, s in cv.scores.items() if s >= best - 1e-9), cv.scores
 
 
 def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | np.ndarray | None,
@@ -697,7 +744,7 @@ def finetune(
     lora_rank: int = 8,
     lora_targets: list[str] | None = None,
     freeze: int | str | list[str] | None = None,
-    val_fraction: float = 0.1,
+    val_fraction: float | Literal["auto"] = "auto",
     max_length: int | None = None,
     gradient_reversal: float = 1.0,
     batch_loss_weight: float = 0.1,
@@ -729,8 +776,9 @@ def finetune(
     the path keep their probe weights unless ``head_learning_rate`` / ``path_learning_rate`` say
     otherwise) with class-weighted focal loss, gradient clipping, warm-up + cosine decay over a
     budget counted in optimizer steps, and early stopping only on a validation set big enough to
-    mean something. A temperature fitted on the validation cells (when there are >= 50 of them)
-    calibrates the probabilities :func:`~biomed_toolkit.rna.tasks.annotate` reports. The input
+    mean something. A temperature fitted on the validation cells (when there are >= 50 of them;
+    else on cross-validated predictions of the training cells) calibrates the probabilities
+    :func:`~biomed_toolkit.rna.tasks.annotate` reports. The input
     model is not changed.
 
     Parameters
@@ -764,7 +812,10 @@ def finetune(
         Module names LoRA adapts (default: the attention projections).
     val_fraction
         Stratified share of labelled cells held out for validation, early stopping and the
-        temperature (0: none; then no calibration).
+        temperature (0: none). ``"auto"`` (default): 0.1 when that is at least
+        ``MIN_CALIBRATION_CELLS`` (50) cells, else 0: fewer validation cells could neither stop
+        the run nor fit a temperature, so they train instead (the temperature then comes from
+        cross-validation, see ``calibrate``); the log says which.
     max_length
         Tokens per cell (default: the model's training length ``config.max_length``, else 1024).
     head_init
@@ -776,14 +827,19 @@ def finetune(
         Scale of the encoder's pooler features next to the PCA of the expression path in the
         probe start (0: the head starts at zero and the path alone is the probe). ``"auto"``
         (default): chosen among 0, 0.25, 0.5 and 1 by cross-validated macro-F1 on the training
-        cells (:func:`choose_pooler_weight`), recorded in ``history.attrs["recipe"]``.
+        cells (:func:`choose_pooler_weight`), recorded in ``history.attrs["recipe"]``; 0.25
+        without cross-validation when more than 10% of the training cells were in the model's
+        pretraining (its folder lists them, :mod:`~biomed_toolkit.rna.seen_cells`), where the
+        cross-validation would overrate the encoder.
     balance_classes
         Weight the loss by inverse square-root class frequency.
     calibrate
         ``"auto"`` (default): fit a temperature on the validation cells when there are at least
-        ``MIN_CALIBRATION_CELLS`` (50) of them, else keep the model's probabilities (a temperature
-        fitted on a handful of cells does more harm than good); ``True``: always fit; ``False``:
-        never.
+        ``MIN_CALIBRATION_CELLS`` (50) of them (a temperature fitted on a handful of cells does
+        more harm than good), else on the probe start's out-of-fold predictions of the training
+        cells (cross-validation, :func:`cross_validate_probe`; none when a class has a single
+        cell); ``True``: always fit on the validation cells; ``False``: never. The source is
+        ``history.attrs["recipe"]["temperature_source"]``.
     gradient_clip_val
         Gradient-norm clipping.
     layer, gene_symbols
@@ -832,8 +888,10 @@ def finetune(
                                         and not isinstance(pooler_weight, bool)
                                         and 0.0 <= pooler_weight < math.inf):
         raise InputError(f"pooler_weight must be 'auto' or a number >= 0, got {pooler_weight!r}")
-    if not 0.0 <= val_fraction < 1.0:
-        raise InputError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    if val_fraction != "auto" and not (isinstance(val_fraction, int | float)
+                                       and not isinstance(val_fraction, bool)
+                                       and 0.0 <= val_fraction < 1.0):
+        raise InputError(f"val_fraction must be 'auto' or lie in [0, 1), got {val_fraction!r}")
     base = _model(model)
     max_length = default_max_length(base, max_length)
     codes, classes = label_codes(adata, label_key, "label_key")
@@ -859,7 +917,16 @@ def finetune(
         counts = to_csr(matrix[:] if adata.isbacked else matrix)
         check_counts(counts.data, where="adata.X" if layer is None else f"adata.layers[{layer!r}]")
         labelled = np.flatnonzero(codes >= 0)
-        n_val = int(round(val_fraction * len(labelled)))
+        if val_fraction == "auto":
+            n_val = int(round(AUTO_VAL_FRACTION * len(labelled)))
+            if n_val < MIN_CALIBRATION_CELLS:
+                log.info(f"    no validation split: {AUTO_VAL_FRACTION:.0%} of the "
+                         f"{len(labelled):,} labelled cells ({n_val}) could neither stop the run "
+                         f"nor fit a temperature (>= {MIN_CALIBRATION_CELLS} needed), so every "
+                         "cell trains (pass val_fraction= to hold some out)")
+                n_val = 0
+        else:
+            n_val = int(round(val_fraction * len(labelled)))
         strat = codes[labelled]
         ok_strat = np.bincount(strat).min() >= 2 and n_val >= len(classes)
         if n_val:
@@ -882,7 +949,9 @@ def finetune(
             gene_ids = seen[seen >= 0]
             features = expression_features(counts, col_ids, gene_ids)
         pw = pb = None
-        weight, cv_scores = None, {}
+        weight, cv_scores, n_seen = None, {}, None
+        probe_cv: ProbeCV | None = None
+        cv_temperature: float | None = None
         if head_init == "linear_probe":
             pooled = None
             if new.backbone.pooler is not None:
@@ -891,8 +960,17 @@ def finetune(
                                     progress=False)
                 pooled = np.nan_to_num(res.embeddings.astype(np.float64))
             x_tr = None if features is None else features[tr].toarray()
-            if pooler_weight == "auto":
-                weight, cv_scores = choose_pooler_weight(x_tr, pooled, codes[tr], seed=seed)
+            seen = seen_in_pretraining(base, counts[tr], match.column_token_ids)
+            n_seen = None if seen is None else int(seen.sum())
+            if pooler_weight == "auto" and n_seen and n_seen > MAX_SEEN_FRACTION * len(tr):
+                weight = SEEN_POOLER_WEIGHT
+                log.info(f"    probe start: pooler weight {weight:g}, not cross-validated: {n_seen} "
+                         f"of the {len(tr)} training cells were in this model's pretraining, and "
+                         "its features of them are memorised (a cross-validation on them "
+                         "overrates the encoder); pass pooler_weight= to choose")
+            elif pooler_weight == "auto":
+                probe_cv = cross_validate_probe(x_tr, pooled, codes[tr], seed=seed)
+                weight, cv_scores = _best_weight(probe_cv)
                 if cv_scores:
                     tried = ", ".join(f"{w:g}: {f:.3f}" for w, f in cv_scores.items())
                     log.info(f"    probe start: pooler weight {weight:g} (cross-validated "
@@ -904,6 +982,14 @@ def finetune(
                 weight = float(pooler_weight)
             pw, pb = probe_init(new, label_key, x_tr, pooled, codes[tr], len(classes),
                                 pooler_weight=weight, seed=seed)
+            if calibrate == "auto" and len(va) < MIN_CALIBRATION_CELLS:
+                # too few validation cells to fit a temperature on: the probe start's
+                # out-of-fold predictions on the training cells stand in for them
+                if probe_cv is None or weight not in probe_cv.log_proba:
+                    probe_cv = cross_validate_probe(x_tr, pooled, codes[tr], (weight,), seed=seed)
+                if probe_cv is not None:
+                    cv_temperature = fit_temperature(probe_cv.log_proba[weight],
+                                                     codes[tr][probe_cv.rows])
         elif features is not None and path_learning_rate > 0:
             # no probe start: the path starts at zero, so it only exists when it can train
             pw = np.zeros((len(gene_ids), len(classes)), dtype=np.float32)
@@ -972,13 +1058,19 @@ def finetune(
                 bias=result.module.path_bias.detach().cpu().numpy().astype(np.float32))
         else:
             trained.label_extras.pop(label_key, None)
-        temperature = 1.0
+        temperature, source = 1.0, None
         fit_t = bool(len(va)) and (calibrate is True or (
             calibrate == "auto" and len(va) >= MIN_CALIBRATION_CELLS))
-        if calibrate == "auto" and len(va) and not fit_t:
+        if cv_temperature is not None and not fit_t:
+            temperature, source = cv_temperature, "cross-validation"
+            log.info(f"    temperature {temperature:.3f} fitted on the probe start's out-of-fold "
+                     f"predictions of the training cells ({len(va)} validation cells are too few: "
+                     f"a fit on them needs >= {MIN_CALIBRATION_CELLS})")
+        elif calibrate == "auto" and len(va) and not fit_t:
             log.info(f"    no temperature fitted: {len(va)} validation cells are too few "
                      f"(calibration needs >= {MIN_CALIBRATION_CELLS}); probabilities are the model's own")
         if fit_t:
+            source = "validation"
             res = run_inference(trained, adata[va], embeddings=False, labels=[label_key],
                                 max_length=max_length, layer=layer, gene_symbols=gene_symbols,
                                 progress=False)
@@ -986,18 +1078,21 @@ def finetune(
                                              adata[va], res.report.column_token_ids, layer=layer)
             z = np.log(np.clip(np.nan_to_num(probs, nan=1.0 / len(classes)), 1e-30, None))
             temperature = fit_temperature(z, codes[va])
+            log.info(f"    temperature {temperature:.3f} fitted on {len(va)} validation cells")
+        if source is not None:
             if pw is None:
                 trained.label_extras[label_key] = ExpressionPath(
                     gene_ids=np.zeros(0, dtype=np.int64),
                     weight=np.zeros((0, len(classes)), dtype=np.float32),
                     bias=np.zeros(len(classes), dtype=np.float32))
             trained.label_extras[label_key].temperature = temperature
-            log.info(f"    temperature {temperature:.3f} fitted on {len(va)} validation cells")
         info = {**recipe.to_dict(), "global_step": int(result.global_step),
                 "temperature": temperature, "temperature_fitted": fit_t,
+                "temperature_source": source,
                 "expression_path": pw is not None, "pooler_weight": weight,
                 "head_learning_rate": float(head_learning_rate),
                 "pooler_weight_cv": {str(k): v for k, v in cv_scores.items()},
+                "n_train_seen_in_pretraining": n_seen,
                 "class_weights": bool(balance_classes), "n_train": int(len(tr)),
                 "n_val": int(len(va))}
         history = result.history

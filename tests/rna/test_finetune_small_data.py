@@ -1,5 +1,5 @@
 """The small-data fine-tuning case of issue #12: ~100 training cells, 6 classes, a 10-cell
-validation split, every option at its default (real pbmc68k cells, held-out cells scored)."""
+validation split, every other option at its default (real pbmc68k cells, held-out cells scored)."""
 
 from __future__ import annotations
 
@@ -47,13 +47,17 @@ def test_small_data_finetune_learns_with_defaults(split, tmp_path):
     torch.set_num_threads(1)
     # a random encoder: what the model learns here comes from the recipe, not from pretraining
     base = fresh_model(train.var_names)
-    model = tasks.finetune(train, "bulk_labels", base, max_length=256,
+    # a 10-cell validation split (by default 10 cells would train: too few to stop or calibrate on)
+    model = tasks.finetune(train, "bulk_labels", base, max_length=256, val_fraction=0.1,
                            checkpoint_dir=tmp_path / "ckpt", enable_progress_bar=False)
     rec = model.history.attrs["recipe"]
     assert rec["n_val"] == 10 and rec["n_train"] == 92
     # early stopping did not end the run after a handful of steps: the full budget ran
     assert not rec["early_stopping"] and rec["global_step"] == rec["steps"] >= 300
-    assert not rec["temperature_fitted"]  # 10 validation cells: the model's own probabilities
+    # 10 validation cells are too few to fit a temperature on: it comes from the probe start's
+    # out-of-fold predictions of the training cells
+    assert not rec["temperature_fitted"] and rec["temperature_source"] == "cross-validation"
+    assert rec["temperature"] != 1.0
     # the probe start's share of pooler features was cross-validated; the head keeps its probe
     # weights and the encoder beneath it is what trains
     assert set(rec["pooler_weight_cv"]) == {"0.0", "0.25", "0.5", "1.0"}
