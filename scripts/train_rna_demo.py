@@ -18,7 +18,12 @@ probe (standardised logistic regression on ``bt.tl.embed``'s ``X_bmfm``, default
 PCA(50) + logistic regression on log-normalised counts, and the label head's own calls.
 
 Writes ``biomed_toolkit/_models/bmfm_rna_demo/`` (config.json, model.safetensors, tokenizers/,
-label_dict.json, training_record.json, manifest.json).
+label_dict.json, label_heads.safetensors, pretraining_cells.safetensors, training_record.json,
+manifest.json). After pretraining, the cell_type head is given the fine-tuning recipe's probe
+start on the pretraining cells (:func:`fit_annotation_head`; alone: ``--head-only``) and the
+pretraining cells are fingerprinted (alone: ``--fingerprints-only``); the bundled weights were
+brought up to date with these two steps (``--fingerprints-only`` then ``--head-only``) without
+pretraining again.
 
 Status: the bundled weights come from this script (``--steps 2400 --max-minutes 85``; the safety
 limit stopped the run at step 2097 on the shared 2-core machine). Held-out macro-F1 (their

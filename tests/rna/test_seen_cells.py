@@ -88,10 +88,3 @@ def test_finetune_does_not_cross_validate_on_memorised_cells(model, pbmc, tmp_pa
     assert ft.label_extras["cell_type"].temperature == rec["temperature"] != 1.0
     # the fine-tuned model keeps the list, so it is saved with it
     np.testing.assert_array_equal(ft.pretraining_cells, model.pretraining_cells)
-    # a model that does not list its pretraining cells cross-validates as before
-    plain = bt.rna.load(None, device="cpu")
-    plain.pretraining_cells = None
-    rec = bt.tl.finetune(cells, "cell_type", plain, max_steps=1, progress=False,
-                         checkpoint_dir=tmp_path / "plain").recipe
-    assert rec["n_train_seen_in_pretraining"] is None
-    assert set(rec["pooler_weight_cv"]) == {"0.0", "0.25", "0.5", "1.0"}
