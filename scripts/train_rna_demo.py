@@ -364,6 +364,7 @@ def fit_annotation_head(out: Path, sets: dict[str, object]) -> dict:
         SEEN_POOLER_WEIGHT,
         ExpressionPath,
         cross_validate_probe,
+        expressed_gene_ids,
         expression_features,
         fit_temperature,
         probe_init,
@@ -378,8 +379,7 @@ def fit_annotation_head(out: Path, sets: dict[str, object]) -> dict:
     rep = rna.match_genes(train, model, limit_genes=model.config.limit_genes, compute_coverage=False)
     col = np.asarray(rep.column_token_ids)
     counts = sp.csr_matrix(train.X)
-    read = np.unique(col[np.unique(counts.indices)])
-    gene_ids = read[read >= 0]
+    gene_ids = expressed_gene_ids(counts, col)
     x = expression_features(counts, col, gene_ids).toarray()
     pooled = run_inference(model, train, embeddings=True, pooling="pooler", progress=False)
     pooled = np.nan_to_num(pooled.embeddings.astype(np.float64))

@@ -183,6 +183,12 @@ class ExpressionPath:
         return np.asarray(x @ self.weight.astype(np.float64)) + self.bias[None, :]
 
 
+def expressed_gene_ids(counts: sp.csr_matrix, column_token_ids: np.ndarray) -> np.ndarray:
+    """Sorted model token ids of the genes with a count in some cell (an expression path's genes)."""
+    read = np.unique(np.asarray(column_token_ids)[np.unique(sp.csr_matrix(counts).indices)])
+    return read[read >= 0]
+
+
 def expression_features(counts: Any, column_token_ids: np.ndarray,
                         gene_ids: np.ndarray) -> sp.csr_matrix:
     """Counts summed per model gene in ``gene_ids`` order, log-normalised (1e4, log1p)."""
@@ -945,8 +951,7 @@ def finetune(
         features = gene_ids = None
         if expression_path:
             col_ids = np.asarray(match.column_token_ids)
-            seen = np.unique(col_ids[np.unique(counts[tr].indices)])
-            gene_ids = seen[seen >= 0]
+            gene_ids = expressed_gene_ids(counts[tr], col_ids)
             features = expression_features(counts, col_ids, gene_ids)
         pw = pb = None
         weight, cv_scores, n_seen = None, {}, None
