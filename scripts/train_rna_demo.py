@@ -358,7 +358,6 @@ def fit_annotation_head(out: Path, sets: dict[str, object]) -> dict:
 
     import anndata as ad
 
-    from biomed_toolkit.rna.inference import run_inference
     from biomed_toolkit.rna.metrics import classification_metrics, expected_calibration_error
     from biomed_toolkit.rna.training import (
         SEEN_POOLER_WEIGHT,
@@ -366,8 +365,8 @@ def fit_annotation_head(out: Path, sets: dict[str, object]) -> dict:
         cross_validate_probe,
         expressed_gene_ids,
         expression_features,
-        fit_temperature,
-        probe_init,
+        pooler_features,
+        probe_start,
     )
 
     model = rna.load(out, device="cpu")
@@ -381,15 +380,15 @@ def fit_annotation_head(out: Path, sets: dict[str, object]) -> dict:
     counts = sp.csr_matrix(train.X)
     gene_ids = expressed_gene_ids(counts, col)
     x = expression_features(counts, col, gene_ids).toarray()
-    pooled = run_inference(model, train, embeddings=True, pooling="pooler", progress=False)
-    pooled = np.nan_to_num(pooled.embeddings.astype(np.float64))
-    w = SEEN_POOLER_WEIGHT
+    pooled = pooler_features(model, train)
+    w = SEEN_POOLER_WEIGHT  # what probe_start uses on pretraining cells
     cvs = {k: cross_validate_probe(x, pooled, y, (w,), n_components=k, seed=SEED % 1000)
            for k in HEAD_COMPONENTS}
     k = max(HEAD_COMPONENTS, key=lambda c: (cvs[c].scores[w], -c))
-    pw, pb = probe_init(model, LABEL, x, pooled, y, len(index), pooler_weight=w, n_components=k,
-                        seed=SEED % 1000)
-    temperature = fit_temperature(cvs[k].log_proba[w], y[cvs[k].rows])
+    # every cell here is a pretraining cell
+    start = probe_start(model, LABEL, x, pooled, y, len(index), n_seen=len(y), n_components=k,
+                        cv_temperature=True, seed=SEED % 1000)
+    pw, pb, temperature = start.path_weight, start.path_bias, start.temperature
     model.label_extras = {LABEL: ExpressionPath(gene_ids=gene_ids, weight=pw, bias=pb,
                                                 temperature=temperature)}
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:

@@ -69,8 +69,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = get_logger(__name__)
 
-__all__ = ["AnnotationModule", "ExpressionPath", "ProbeCV", "Recipe", "choose_pooler_weight",
-           "cross_validate_probe", "finetune", "plan_recipe"]
+__all__ = ["AnnotationModule", "ExpressionPath", "ProbeCV", "ProbeStart", "Recipe",
+           "choose_pooler_weight", "cross_validate_probe", "finetune", "plan_recipe",
+           "pooler_features", "probe_start"]
 
 EXTRAS_NAME = "label_heads.safetensors"
 #: validation cells needed before early stopping may end a run (and per class)
@@ -618,8 +619,10 @@ def cross_validate_probe(x: np.ndarray | None, pooled: np.ndarray | None, y: np.
                          seed: int = 0) -> ProbeCV | None:
     """Out-of-fold macro-F1 and log-probabilities of the probe start for each pooler weight.
 
-    k = min(5, smallest class) folds over at most :data:`MAX_CV_CELLS` training cells. None
-    without both blocks or when a class has a single cell.
+    k = min(5, smallest class) folds over at most :data:`MAX_CV_CELLS` training cells. A class of
+    a single cell cannot be held out: its cell is in every fold's fit and gets no out-of-fold
+    prediction (it is not in ``rows``). None without both blocks or when fewer than two classes
+    have two cells or more.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
@@ -630,9 +633,11 @@ def cross_validate_probe(x: np.ndarray | None, pooled: np.ndarray | None, y: np.
         counts = np.bincount(y)
         idx = train_test_split(idx, train_size=MAX_CV_CELLS, random_state=seed,
                                stratify=y if counts[counts > 0].min() >= 2 else None)[0]
+    single = np.bincount(y[idx])[y[idx]] < 2
+    always_fit, idx = idx[single], idx[~single]
     counts = np.bincount(y[idx])
     counts = counts[counts > 0]
-    if x is None or pooled is None or len(counts) < 2 or counts.min() < 2:
+    if x is None or pooled is None or len(counts) < 2:
         return None
     n_classes = int(y.max()) + 1
     folds = list(StratifiedKFold(int(min(5, counts.min())), shuffle=True,
@@ -640,7 +645,7 @@ def cross_validate_probe(x: np.ndarray | None, pooled: np.ndarray | None, y: np.
     f1: dict[float, list[float]] = {float(w): [] for w in weights}
     oof = {w: np.full((len(idx), n_classes), -30.0) for w in f1}
     for fit, held in folds:
-        rows_fit, rows_held = idx[fit], idx[held]
+        rows_fit, rows_held = np.r_[idx[fit], always_fit], idx[held]
         # the blocks do not depend on the weight (it only scales the pooler block): fit them once
         path, head = _probe_blocks(x[rows_fit], pooled[rows_fit], 1.0, n_components, seed)
         z_fit, z_held = path(x[rows_fit]), path(x[rows_held])
@@ -665,8 +670,8 @@ def choose_pooler_weight(x: np.ndarray | None, pooled: np.ndarray | None, y: np.
     the expression, which then only add noise (oligodendroglioma, 100 cells: 0.970 macro-F1 with
     weight 1, 0.985 with 0.25); where the encoder's features are good they should count (pbmc68k:
     0.553 with 0 against 0.615 with 1). Stratified k-fold macro-F1 (:func:`cross_validate_probe`)
-    picks the weight; ties go to the larger weight. Without both blocks, or with a class of a
-    single cell, the weight is 1.
+    picks the weight; ties go to the larger weight. Without both blocks, or with fewer than two
+    classes of two cells or more, the weight is 1.
 
     Returns the weight and the cross-validated macro-F1 of every weight tried.
     """
@@ -732,6 +737,76 @@ def probe_init(model: BmfmRnaModel, label: str, x_path: sp.csr_matrix | np.ndarr
 # --------------------------------------------------------------------------------------------
 # finetune
 # --------------------------------------------------------------------------------------------
+
+@dataclass
+class ProbeStart:
+    """What the linear-probe start of :func:`probe_start` chose, and why."""
+
+    #: share of the pooler block next to the PCA of the expression path
+    pooler_weight: float
+    #: cross-validated macro-F1 per pooler weight tried ({} when it was not cross-validated)
+    cv_scores: dict[float, float]
+    #: training cells that were in the model's pretraining (None: the model lists none)
+    n_seen: int | None
+    #: the expression path's (G, C) weight and (C,) bias, or None without a path
+    path_weight: np.ndarray | None
+    path_bias: np.ndarray | None
+    #: temperature fitted on the out-of-fold predictions (None when not asked or not possible)
+    temperature: float | None
+
+
+def pooler_features(model: BmfmRnaModel, adata: AnnData, **kwargs: Any) -> np.ndarray | None:
+    """The pooler output of every cell (float64, NaN as 0), or None for a model without pooler.
+    ``kwargs`` go to :func:`~biomed_toolkit.rna.inference.run_inference`."""
+    from .inference import run_inference
+
+    if model.backbone.pooler is None:
+        return None
+    res = run_inference(model, adata, embeddings=True, pooling="pooler", progress=False, **kwargs)
+    return np.nan_to_num(res.embeddings.astype(np.float64))
+
+
+def probe_start(model: BmfmRnaModel, label: str, x: np.ndarray | None, pooled: np.ndarray | None,
+                y: np.ndarray, n_classes: int, *, n_seen: int | None = None,
+                pooler_weight: float | Literal["auto"] = "auto", n_components: int = 50,
+                cv_temperature: bool = False, seed: int = 0) -> ProbeStart:
+    """The LP-FT start of a label head: the pooler weight (cross-validated, or
+    :data:`SEEN_POOLER_WEIGHT` when more than :data:`MAX_SEEN_FRACTION` of the ``n_seen`` training
+    cells were in the model's pretraining), the probe folded into the head and the expression path
+    (:func:`probe_init`), and, with ``cv_temperature``, a temperature from the out-of-fold
+    predictions (:func:`cross_validate_probe`). Shared by :func:`finetune` and the script that
+    fits the embedded model's head; the choices go to the log."""
+    probe_cv: ProbeCV | None = None
+    scores: dict[float, float] = {}
+    if pooler_weight == "auto" and n_seen and n_seen > MAX_SEEN_FRACTION * len(y):
+        weight = SEEN_POOLER_WEIGHT
+        log.info(f"    probe start: pooler weight {weight:g}, not cross-validated: {n_seen} "
+                 f"of the {len(y)} training cells were in this model's pretraining, and "
+                 "its features of them are memorised (a cross-validation on them "
+                 "overrates the encoder); pass pooler_weight= to choose")
+    elif pooler_weight == "auto":
+        probe_cv = cross_validate_probe(x, pooled, y, n_components=n_components, seed=seed)
+        weight, scores = _best_weight(probe_cv)
+        if scores:
+            tried = ", ".join(f"{w:g}: {f:.3f}" for w, f in scores.items())
+            log.info(f"    probe start: pooler weight {weight:g} (cross-validated "
+                     f"macro-F1 {tried})")
+        elif pooled is not None and x is not None:
+            log.info(f"    probe start: pooler weight {weight:g} (not cross-validated: "
+                     "fewer than two classes have two training cells)")
+    else:
+        weight = float(pooler_weight)
+    pw, pb = probe_init(model, label, x, pooled, y, n_classes, n_components=n_components,
+                        pooler_weight=weight, seed=seed)
+    temperature = None
+    if cv_temperature:
+        if probe_cv is None or weight not in probe_cv.log_proba:
+            probe_cv = cross_validate_probe(x, pooled, y, (weight,), n_components=n_components,
+                                            seed=seed)
+        if probe_cv is not None:
+            temperature = fit_temperature(probe_cv.log_proba[weight], y[probe_cv.rows])
+    return ProbeStart(weight, scores, n_seen, pw, pb, temperature)
+
 @finetune_doc
 def finetune(
     adata: AnnData,
@@ -843,8 +918,8 @@ def finetune(
         ``"auto"`` (default): fit a temperature on the validation cells when there are at least
         ``MIN_CALIBRATION_CELLS`` (50) of them (a temperature fitted on a handful of cells does
         more harm than good), else on the probe start's out-of-fold predictions of the training
-        cells (cross-validation, :func:`cross_validate_probe`; none when a class has a single
-        cell); ``True``: always fit on the validation cells; ``False``: never. The source is
+        cells (cross-validation, :func:`cross_validate_probe`; none when fewer than two classes have
+        two cells; a class of one cell is fitted, never held out); ``True``: always fit on the validation cells; ``False``: never. The source is
         ``history.attrs["recipe"]["temperature_source"]``.
     gradient_clip_val
         Gradient-norm clipping.
@@ -955,46 +1030,22 @@ def finetune(
             features = expression_features(counts, col_ids, gene_ids)
         pw = pb = None
         weight, cv_scores, n_seen = None, {}, None
-        probe_cv: ProbeCV | None = None
         cv_temperature: float | None = None
         if head_init == "linear_probe":
-            pooled = None
-            if new.backbone.pooler is not None:
-                res = run_inference(new, adata[tr], embeddings=True, pooling="pooler",
-                                    max_length=max_length, layer=layer, gene_symbols=gene_symbols,
-                                    progress=False)
-                pooled = np.nan_to_num(res.embeddings.astype(np.float64))
+            pooled = pooler_features(new, adata[tr], max_length=max_length, layer=layer,
+                                     gene_symbols=gene_symbols)
             x_tr = None if features is None else features[tr].toarray()
             seen = seen_in_pretraining(base, counts[tr], match.column_token_ids)
-            n_seen = None if seen is None else int(seen.sum())
-            if pooler_weight == "auto" and n_seen and n_seen > MAX_SEEN_FRACTION * len(tr):
-                weight = SEEN_POOLER_WEIGHT
-                log.info(f"    probe start: pooler weight {weight:g}, not cross-validated: {n_seen} "
-                         f"of the {len(tr)} training cells were in this model's pretraining, and "
-                         "its features of them are memorised (a cross-validation on them "
-                         "overrates the encoder); pass pooler_weight= to choose")
-            elif pooler_weight == "auto":
-                probe_cv = cross_validate_probe(x_tr, pooled, codes[tr], seed=seed)
-                weight, cv_scores = _best_weight(probe_cv)
-                if cv_scores:
-                    tried = ", ".join(f"{w:g}: {f:.3f}" for w, f in cv_scores.items())
-                    log.info(f"    probe start: pooler weight {weight:g} (cross-validated "
-                             f"macro-F1 {tried})")
-                elif pooled is not None and x_tr is not None:
-                    log.info(f"    probe start: pooler weight {weight:g} (not cross-validated: "
-                             "a class has a single training cell)")
-            else:
-                weight = float(pooler_weight)
-            pw, pb = probe_init(new, label_key, x_tr, pooled, codes[tr], len(classes),
-                                pooler_weight=weight, seed=seed)
-            if calibrate == "auto" and len(va) < MIN_CALIBRATION_CELLS:
-                # too few validation cells to fit a temperature on: the probe start's
-                # out-of-fold predictions on the training cells stand in for them
-                if probe_cv is None or weight not in probe_cv.log_proba:
-                    probe_cv = cross_validate_probe(x_tr, pooled, codes[tr], (weight,), seed=seed)
-                if probe_cv is not None:
-                    cv_temperature = fit_temperature(probe_cv.log_proba[weight],
-                                                     codes[tr][probe_cv.rows])
+            # too few validation cells to fit a temperature on: the probe start's out-of-fold
+            # predictions on the training cells stand in for them
+            start = probe_start(new, label_key, x_tr, pooled, codes[tr], len(classes),
+                                n_seen=None if seen is None else int(seen.sum()),
+                                pooler_weight=pooler_weight, seed=seed,
+                                cv_temperature=(calibrate == "auto"
+                                                and len(va) < MIN_CALIBRATION_CELLS))
+            pw, pb, weight, cv_scores = (start.path_weight, start.path_bias, start.pooler_weight,
+                                         start.cv_scores)
+            n_seen, cv_temperature = start.n_seen, start.temperature
         elif features is not None and path_learning_rate > 0:
             # no probe start: the path starts at zero, so it only exists when it can train
             pw = np.zeros((len(gene_ids), len(classes)), dtype=np.float32)

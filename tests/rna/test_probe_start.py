@@ -11,6 +11,7 @@ from biomed_toolkit.rna.configuration import LabelColumn
 from biomed_toolkit.rna.training import (
     _head_linear,
     choose_pooler_weight,
+    cross_validate_probe,
     expression_features,
     probe_init,
     with_heads,
@@ -86,3 +87,30 @@ def test_cross_validation_lets_informative_encoder_features_in(cells):
     # nothing to choose between
     assert choose_pooler_weight(None, signal, y) == (1.0, {})
     assert choose_pooler_weight(x.toarray(), None, y) == (1.0, {})
+
+
+def test_cross_validation_keeps_a_class_of_one_cell_in_every_fit(cells):
+    """A class with one training cell (pbmc68k at 100 cells, Baron at 100) used to switch the
+    cross-validation off, and with it the temperature: the cell now joins every fold's fit."""
+    _, x, y = cells
+    dense = x.toarray()
+    y1 = y.copy()
+    y1[7] = len(TYPES)  # a sixth type with a single cell
+    rng = np.random.default_rng(4)
+    signal = rng.normal(size=(len(y), 16)) + 2.0 * np.eye(16)[y1]
+    cv = cross_validate_probe(dense, signal, y1, (0.0, 1.0))
+    assert cv is not None and 7 not in cv.rows and len(cv.rows) == len(y) - 1
+    assert cv.log_proba[1.0].shape == (len(y) - 1, len(TYPES) + 1)
+    # every held-out cell got a prediction, and the lone class was learnt (it has a probability)
+    lp = cv.log_proba[1.0]
+    assert np.all(lp.max(axis=1) > -30.0) and np.all(lp[:, len(TYPES)] > -30.0)
+    assert (lp.argmax(axis=1) == y1[cv.rows]).mean() > 0.8
+    # two classes of one cell each among two of several: still a cross-validation
+    y2 = np.where(np.isin(y, [2, 3, 4]), 2, y)
+    y2[[0, 1]] = [3, 4]
+    assert np.bincount(y2)[3:].tolist() == [1, 1]
+    assert cross_validate_probe(dense, signal, y2, (0.0,)) is not None
+    # one class left with two cells or more: nothing to hold out against
+    y3 = np.zeros_like(y)
+    y3[:2] = [1, 2]
+    assert cross_validate_probe(dense, signal, y3, (0.0,)) is None
