@@ -71,7 +71,7 @@ log = get_logger(__name__)
 
 __all__ = ["AnnotationModule", "ExpressionPath", "ProbeCV", "ProbeStart", "Recipe",
            "choose_pooler_weight", "cross_validate_probe", "finetune", "plan_recipe",
-           "pooler_features", "probe_start"]
+           "pooler_features", "probe_start", "validation_split"]
 
 EXTRAS_NAME = "label_heads.safetensors"
 #: validation cells needed before early stopping may end a run (and per class)
@@ -81,6 +81,9 @@ MIN_VAL_PER_CLASS = 5
 MIN_CALIBRATION_CELLS = 50
 #: validation share of ``val_fraction="auto"`` (when it gives MIN_CALIBRATION_CELLS cells)
 AUTO_VAL_FRACTION = 0.1
+#: classes with fewer labelled cells than this give none to the validation split (a type of 3
+#: cells that lends one to validation loses a third of what the head can learn it from)
+MIN_CELLS_TO_VALIDATE = 10
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,6 +126,33 @@ def label_codes(adata: AnnData, key: str, what: str) -> tuple[np.ndarray, list[s
         raise InputError(f"{what} adata.obs[{key!r}] needs at least two classes, found {classes}")
     return codes, classes
 
+
+
+def validation_split(codes: np.ndarray, labelled: np.ndarray, n_val: int, *,
+                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Training and validation rows (sorted) of the ``labelled`` rows: ``n_val`` validation cells
+    drawn stratified from the classes with at least :data:`MIN_CELLS_TO_VALIDATE` cells; the
+    cells of rarer classes all train (logged)."""
+    from sklearn.model_selection import train_test_split
+
+    if not n_val:
+        return np.sort(labelled), np.array([], dtype=np.int64)
+    per_class = np.bincount(codes[labelled])
+    rare = per_class[codes[labelled]] < MIN_CELLS_TO_VALIDATE
+    pool = labelled[~rare]
+    n_val = min(n_val, len(pool) // 2)
+    if rare.any():
+        n_rare = int(np.count_nonzero((per_class > 0) & (per_class < MIN_CELLS_TO_VALIDATE)))
+        log.info(f"    the {int(rare.sum())} cells of {n_rare} classes with fewer than "
+                 f"{MIN_CELLS_TO_VALIDATE} cells all train (none held out for validation)")
+    if not n_val:
+        return np.sort(labelled), np.array([], dtype=np.int64)
+    strat = codes[pool]
+    kept = np.bincount(strat)
+    ok_strat = kept[kept > 0].min() >= 2 and n_val >= np.count_nonzero(kept)
+    tr, va = train_test_split(pool, test_size=n_val, random_state=seed,
+                              stratify=strat if ok_strat else None)
+    return np.sort(np.r_[tr, labelled[rare]]), np.sort(va)
 
 # --------------------------------------------------------------------------------------------
 # model surgery
@@ -896,7 +926,9 @@ def finetune(
         temperature (0: none). ``"auto"`` (default): 0.1 when that is at least
         ``MIN_CALIBRATION_CELLS`` (50) cells, else 0: fewer validation cells could neither stop
         the run nor fit a temperature, so they train instead (the temperature then comes from
-        cross-validation, see ``calibrate``); the log says which.
+        cross-validation, see ``calibrate``); the log says which. Classes with fewer than
+        ``MIN_CELLS_TO_VALIDATE`` (10) labelled cells give none to validation
+        (:func:`validation_split`).
     max_length
         Tokens per cell (default: the model's training length ``config.max_length``, else 1024).
     head_init
@@ -945,7 +977,6 @@ def finetune(
     >>> bt.tl.annotate(query, model, label="cell_type")  # doctest: +SKIP
     >>> model.history.attrs["recipe"]["reason"]  # doctest: +SKIP
     """
-    from sklearn.model_selection import train_test_split
     from torch.utils.data import DataLoader, RandomSampler, Subset
 
     from ..core.finetune import finetune_model
@@ -1008,14 +1039,7 @@ def finetune(
                 n_val = 0
         else:
             n_val = int(round(val_fraction * len(labelled)))
-        strat = codes[labelled]
-        ok_strat = np.bincount(strat).min() >= 2 and n_val >= len(classes)
-        if n_val:
-            tr, va = train_test_split(labelled, test_size=n_val, random_state=seed,
-                                      stratify=strat if ok_strat else None)
-        else:
-            tr, va = labelled, np.array([], dtype=np.int64)
-        tr, va = np.sort(tr), np.sort(va)
+        tr, va = validation_split(codes, labelled, n_val, seed=seed)
         recipe = plan_recipe(len(tr), len(va), len(classes), batch_size=batch_size,
                              max_epochs=max_epochs, max_steps=max_steps, min_steps=min_steps,
                              early_stopping=(early_stopping if isinstance(early_stopping, (bool, str))
