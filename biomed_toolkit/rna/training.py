@@ -127,7 +127,6 @@ def label_codes(adata: AnnData, key: str, what: str) -> tuple[np.ndarray, list[s
     return codes, classes
 
 
-
 def validation_split(codes: np.ndarray, labelled: np.ndarray, n_val: int, *,
                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Training and validation rows (sorted) of the ``labelled`` rows: ``n_val`` validation cells
@@ -135,24 +134,23 @@ def validation_split(codes: np.ndarray, labelled: np.ndarray, n_val: int, *,
     cells of rarer classes all train (logged)."""
     from sklearn.model_selection import train_test_split
 
-    if not n_val:
-        return np.sort(labelled), np.array([], dtype=np.int64)
     per_class = np.bincount(codes[labelled])
     rare = per_class[codes[labelled]] < MIN_CELLS_TO_VALIDATE
     pool = labelled[~rare]
     n_val = min(n_val, len(pool) // 2)
+    if not n_val:
+        return np.sort(labelled), np.array([], dtype=np.int64)
     if rare.any():
         n_rare = int(np.count_nonzero((per_class > 0) & (per_class < MIN_CELLS_TO_VALIDATE)))
         log.info(f"    the {int(rare.sum())} cells of {n_rare} classes with fewer than "
                  f"{MIN_CELLS_TO_VALIDATE} cells all train (none held out for validation)")
-    if not n_val:
-        return np.sort(labelled), np.array([], dtype=np.int64)
     strat = codes[pool]
     kept = np.bincount(strat)
     ok_strat = kept[kept > 0].min() >= 2 and n_val >= np.count_nonzero(kept)
     tr, va = train_test_split(pool, test_size=n_val, random_state=seed,
                               stratify=strat if ok_strat else None)
     return np.sort(np.r_[tr, labelled[rare]]), np.sort(va)
+
 
 # --------------------------------------------------------------------------------------------
 # model surgery
@@ -837,6 +835,7 @@ def probe_start(model: BmfmRnaModel, label: str, x: np.ndarray | None, pooled: n
             temperature = fit_temperature(probe_cv.log_proba[weight], y[probe_cv.rows])
     return ProbeStart(weight, scores, n_seen, pw, pb, temperature)
 
+
 @finetune_doc
 def finetune(
     adata: AnnData,
@@ -950,8 +949,9 @@ def finetune(
         ``"auto"`` (default): fit a temperature on the validation cells when there are at least
         ``MIN_CALIBRATION_CELLS`` (50) of them (a temperature fitted on a handful of cells does
         more harm than good), else on the probe start's out-of-fold predictions of the training
-        cells (cross-validation, :func:`cross_validate_probe`; none when fewer than two classes have
-        two cells; a class of one cell is fitted, never held out); ``True``: always fit on the validation cells; ``False``: never. The source is
+        cells (cross-validation, :func:`cross_validate_probe`; none when fewer than two classes
+        have two cells; a class of one cell is fitted, never held out); ``True``: always fit on
+        the validation cells; ``False``: never. The source is
         ``history.attrs["recipe"]["temperature_source"]``.
     gradient_clip_val
         Gradient-norm clipping.
